@@ -1,0 +1,493 @@
+"""End-to-end figures for the streaming service, measured in one run and printed with ratios.
+
+Run by `make bench` after `benches/run.py`. Figures, never assertions: the machine is shared and
+noisy. `--profile` adds a cProfile breakdown of both service runs.
+
+1. Floor: a loop of `XREADGROUP` (COUNT 200), `decode_entry` of each entry and `XACK`, nothing
+   else, over the pre-loaded entries (best of a few passes, each with its own consumer group).
+2. Throughput of the in-process `Service` in burst mode over the same entries (SQLite store and
+   Parquet lake in a temp dir), as a ratio to the floor.
+3. Compute latency (SPEC `s2_compute_latency_ms`): each `SymbolEngine.on_base_bar` call of that
+   run that produced snapshots.
+4. End-to-end latency at a steady rate: a producer thread XADDs entries while `s2-feature run`
+   serves them from its own process, on the state the burst run left (a warm engine: snapshots
+   pass DQC at once); a listener thread stamps each `feat:events` entry when XREAD BLOCK returns
+   it. Latency = that stamp minus the stamp taken just before the XADD of the entry that
+   finalised the snapshot's bar. First with 3-4 entries per bar (about 100 bar closes per second
+   per stream), then with one bar close per second per stream (still 60 times the live rate).
+   The service has its own process because threads in its interpreter would wait for its GIL
+   (up to the 5 ms switch interval) before stamping: that would measure the benchmark.
+
+Input: three fut streams of flat S1 entries, each a different stretch of the real Coinbase
+BTC/USD hourly bars split into 1-minute bars and ticks by the seeded `s2feature.data.synth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the Redis server harness lives in `tests.support`
+
+from tests.support.redis_servers import RedisServer, wait_for  # noqa: E402
+
+import s2feature.service.worker as worker_module  # noqa: E402
+from s2feature.compute.engine import SymbolEngine  # noqa: E402
+from s2feature.data.importers import load_klines  # noqa: E402
+from s2feature.data.synth import derive_finer_bars, derive_ticks, events_from_bars  # noqa: E402
+from s2feature.domain import WINDOWS, Bar, SeriesId, Snapshot  # noqa: E402
+from s2feature.ingest.decode import decode_entry  # noqa: E402
+from s2feature.lake.parquet import BarLake  # noqa: E402
+from s2feature.service.runner import Service  # noqa: E402
+from s2feature.service.settings import load_settings  # noqa: E402
+from s2feature.store.sqlite import SqliteStore  # noqa: E402
+from s2feature.streams.redis_io import connect, events_key  # noqa: E402
+
+# Stand-in names: each stream is its own stretch of the real BTC/USD data, not another coin.
+SYMBOLS = (("BTCUSDT", 3), ("ETHUSDT", 4), ("SOLUSDT", 3))  # (symbol, pre-loaded entries/bar)
+SERVICE_WINDOWS = "1m,5m,1h"
+BATCH = 200
+MINUTE_MS = 60_000
+
+# (label, module file, functions): the steps of the service loop, for the `--profile` breakdown.
+PROFILE_STEPS = (
+    ("XREADGROUP + reply parsing (and idle blocking)", "redis_io.py", ("read",)),
+    ("decode, DQC checks, bar assembly", "stream.py", ("on_entry",)),
+    ("features (SymbolEngine.on_base_bar)", "engine.py", ("on_base_bar",)),
+    ("snapshot payloads", "domain.py", ("to_payload",)),
+    ("lake append (a Parquet part + 2 fsyncs per call)", "parquet.py", ("append",)),
+    ("  of which part compaction", "parquet.py", ("_compact_locked",)),
+    ("store upserts (SQLite)", "sqlite.py", ("upsert_signals", "upsert_strategy_events")),
+    ("emits (one XADD per snapshot)", "redis_io.py", ("emit",)),
+    ("feat:last", "redis_io.py", ("set_last",)),
+    ("checkpoint + XACK (SeriesWorker.flush)", "worker.py", ("flush",)),
+    ("  of which checkpoints written", "redis_io.py", ("save_checkpoint",)),
+)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive entries of one stream; the first opens base bar `first_bar`."""
+
+    entries: list[dict[str, str]]
+    per_bar: int
+    first_bar: int
+
+
+@dataclass(frozen=True)
+class StreamInput:
+    series: SeriesId
+    close_time: npt.NDArray[np.int64]  # of every base bar of the stream
+    segments: tuple[Segment, ...]  # pre-loaded, then one per paced phase
+
+
+def build_inputs(preload: int, paced: int, live_per_bar: int) -> list[StreamInput]:
+    """Per stream: `preload` entries, then `paced` entries at the pre-loaded density, then
+    `paced` entries at `live_per_bar` entries per bar. Every segment ends on a whole bar, which
+    the first entry of the next segment finalises."""
+    hourly = load_klines(ROOT / "datasets" / "Coinbase_BTCUSD_1h_2017-2018.csv", "1h")
+    inputs, end = [], len(hourly)
+    for index, (symbol, per_bar) in enumerate(SYMBOLS):
+        plan = [(preload // per_bar, per_bar), (paced // per_bar, per_bar)]
+        plan.append((max(1, paced // live_per_bar), live_per_bar))
+        n_minutes = sum(bars for bars, _ in plan)
+        hours = -(-n_minutes // 60)
+        stretch = hourly.slice(end - hours, end)  # disjoint stretches, the newest first
+        end -= hours
+        minute = derive_finer_bars(stretch, MINUTE_MS, seed=index + 1).slice(0, n_minutes)
+        minute = derive_ticks(minute, seed=index + 11, market="fut")
+        series = SeriesId("bench", "fut", symbol)
+        segments, first = [], 0
+        for part, (bars, m) in enumerate(plan):
+            part_bars = minute.slice(first, first + bars)
+            entries = events_from_bars(part_bars, series, m, seed=10 * index + part)
+            segments.append(Segment(entries, m, first))
+            first += bars
+        inputs.append(StreamInput(series, minute.close_time, tuple(segments)))
+    return inputs
+
+
+def preload(client: redis.Redis, inputs: Sequence[StreamInput]) -> None:
+    for stream in inputs:
+        entries = stream.segments[0].entries
+        for start in range(0, len(entries), 1000):
+            with client.pipeline(transaction=False) as pipe:
+                for fields in entries[start : start + 1000]:
+                    pipe.xadd(stream.series.stream_key, fields)  # type: ignore[arg-type]
+                pipe.execute()
+
+
+def percentiles(samples: Sequence[float], *qs: float) -> list[float]:
+    return [float(v) for v in np.percentile(np.asarray(samples, dtype=np.float64), qs)]
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def profile_summary(stats: pstats.Stats, title: str) -> str:
+    """Cumulative time of each step of the service loop, then the top functions by own time."""
+    calls: dict[tuple[str, str], int] = {}
+    cumulative: dict[tuple[str, str], float] = {}
+    for (filename, _line, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        key = (Path(filename).name, function)
+        calls[key] = calls.get(key, 0) + row[1]
+        cumulative[key] = cumulative.get(key, 0.0) + row[3]
+    total = cumulative.get(("runner.py", "run"), 0.0) or 1.0
+    lines = [f"cProfile of {title}: Service.run {total:.2f} s"]
+    for label, module, functions in PROFILE_STEPS:
+        spent = sum(cumulative.get((module, name), 0.0) for name in functions)
+        count = sum(calls.get((module, name), 0) for name in functions)
+        lines.append(f"  {label:<50} {spent:7.2f} s {spent / total:5.0%} {count:8,} calls")
+    text = io.StringIO()
+    stats.stream = text  # type: ignore[attr-defined]
+    stats.strip_dirs().sort_stats("tottime").print_stats(10)
+    table = text.getvalue()
+    lines.append("  top functions by own time:")
+    lines.extend("  " + row for row in table[table.find("ncalls") :].splitlines() if row.strip())
+    return "\n".join(lines)
+
+
+# -- 1. floor ------------------------------------------------------------------------------------
+
+
+def floor_pass(client: redis.Redis, inputs: Sequence[StreamInput], group: str) -> float:
+    """Entries/s of XREADGROUP + decode_entry + XACK alone, reading the streams in turn."""
+    keys = [s.series.stream_key for s in inputs]
+    for key in keys:
+        client.xgroup_create(key, group, id="0")
+    handled, started = 0, time.perf_counter()
+    while True:
+        before = handled
+        for key in keys:
+            reply: Any = client.xreadgroup(group, "floor", {key: ">"}, count=BATCH)
+            for _stream, entries in reply or []:
+                for _entry_id, fields in entries:
+                    decode_entry(fields)
+                client.xack(key, group, *(entry_id for entry_id, _ in entries))
+                handled += len(entries)
+        if handled == before:
+            return handled / (time.perf_counter() - started)
+
+
+# -- 2, 3. burst run -----------------------------------------------------------------------------
+
+
+@dataclass
+class BurstResult:
+    seconds: float = 0.0
+    emitted: int = 0
+    compute_s: list[float] = field(default_factory=list)  # on_base_bar calls with snapshots
+    snapshots: int = 0
+    profile: str = ""
+
+
+@contextlib.contextmanager
+def timed_engines(result: BurstResult) -> Iterator[None]:
+    """Make the workers build engines that time `on_base_bar` (a worker creates its engine when
+    it restores, after the service is built, so the class the worker module uses is swapped)."""
+
+    class TimedEngine(SymbolEngine):
+        def on_base_bar(self, bar: Bar) -> list[Snapshot]:
+            started = time.perf_counter()
+            snapshots = super().on_base_bar(bar)
+            if snapshots:
+                result.compute_s.append(time.perf_counter() - started)
+                result.snapshots += len(snapshots)
+            return snapshots
+
+    original = vars(worker_module)["SymbolEngine"]
+    setattr(worker_module, "SymbolEngine", TimedEngine)  # noqa: B010 - mypy refuses `m.Type = `
+    try:
+        yield
+    finally:
+        setattr(worker_module, "SymbolEngine", original)  # noqa: B010
+
+
+def service_env(server: RedisServer, workdir: Path, consumer: str) -> dict[str, str]:
+    return {
+        "S2_REDIS_ADDRESSES": f"{server.host}:{server.port}",
+        "S2_SYMBOLS": ",".join(f"bench:fut:{symbol}" for symbol, _ in SYMBOLS),
+        "S2_WINDOWS": SERVICE_WINDOWS,
+        "S2_CONSUMER_NAME": consumer,
+        "S2_DB_SQLITE_PATH": str(workdir / "s2.db"),
+        "S2_LAKE_DIR": str(workdir / "lake"),
+        "S2_LOG_LEVEL": "WARNING",
+    }
+
+
+def run_burst(server: RedisServer, workdir: Path, profile: bool) -> BurstResult:
+    """Drain the pre-loaded entries with the in-process service; exit on the first idle round."""
+    # A 1 ms idle block, so that the run ends right after the last batch, not 200 ms later.
+    settings = load_settings({**service_env(server, workdir, "bench-burst"), "S2_BLOCK_MS": "1"})
+    store = SqliteStore(workdir / "s2.db")
+    service = Service(settings, connect(settings.redis), store, BarLake(workdir / "lake"))
+    result = BurstResult()
+    profiler = cProfile.Profile() if profile else None
+    with timed_engines(result), profiler or contextlib.nullcontext():
+        started = time.perf_counter()
+        service.run(idle_exit_s=0.0)
+        result.seconds = time.perf_counter() - started
+    store.close()
+    result.emitted = service.emitted
+    if profiler is not None:
+        result.profile = profile_summary(pstats.Stats(profiler), "the burst run")
+    return result
+
+
+# -- 4. paced runs -------------------------------------------------------------------------------
+
+# (input stream key, fields, index of the bar the entry opens or None): the producer's work list.
+Scheduled = tuple[str, dict[str, str], int | None]
+
+
+def paced_schedule(inputs: Sequence[StreamInput], phase: int) -> list[Scheduled]:
+    """One segment of every stream, round-robin; the first entry of each bar carries the bar's
+    index, as it is the entry that finalises the bar before it."""
+    segments = [(s.series.stream_key, s.segments[phase]) for s in inputs]
+    schedule = []
+    for position in range(max(len(seg.entries) for _, seg in segments)):
+        for key, seg in segments:
+            if position < len(seg.entries):
+                bar, offset = divmod(position, seg.per_bar)
+                opens = seg.first_bar + bar if offset == 0 else None
+                schedule.append((key, seg.entries[position], opens))
+    return schedule
+
+
+def produce(
+    client: redis.Redis,
+    schedule: Sequence[Scheduled],
+    rate: float,
+    sent_at: dict[tuple[str, int], float],
+    late_s: list[float],
+) -> None:
+    """XADD entry i at `start + i / rate` (right away when behind), one round trip each like a
+    feed; stamp the first entry of every bar just before its XADD."""
+    start = time.perf_counter() + 0.05
+    for i, (key, fields, opens_bar) in enumerate(schedule):
+        due = start + i / rate
+        if (now := time.perf_counter()) < due:
+            time.sleep(due - now)
+            now = time.perf_counter()
+        late_s.append(now - due)
+        if opens_bar is not None:
+            sent_at[(key, opens_bar)] = now
+        client.xadd(key, fields)  # type: ignore[arg-type]
+
+
+def listen(
+    client: redis.Redis,
+    last_ids: dict[str, str],
+    stop: threading.Event,
+    arrivals: list[tuple[str, str, float]],
+) -> None:
+    """Stamp every new `feat:events` entry as soon as a blocking XREAD returns it."""
+    while not stop.is_set():
+        reply: Any = client.xread(last_ids, block=100)  # type: ignore[arg-type]
+        now = time.perf_counter()
+        for key, entries in reply or []:
+            arrivals.extend((key, entry_id, now) for entry_id, _ in entries)
+            last_ids[key] = entries[-1][0]
+
+
+@contextlib.contextmanager
+def service_process(server: RedisServer, workdir: Path, profile_to: Path | None) -> Iterator[None]:
+    """`s2-feature run` in its own process, from the moment it blocks in XREADGROUP (restored,
+    claimed, drained, waiting for input) until SIGTERM (graceful: checkpoint, ack, exit 0)."""
+    command = [sys.executable, "-m", "s2feature.cli", "run"]
+    if profile_to is not None:
+        command[1:1] = ["-m", "cProfile", "-o", str(profile_to)]
+    log = workdir / "service.log"
+    env = {**os.environ, **service_env(server, workdir, "bench-paced")}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=sink)
+    admin = server.client(decode_responses=True)
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"s2-feature run exited early:\n{log.read_text()[-2000:]}")
+        clients: Any = admin.client_list()
+        return any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in clients)
+
+    try:
+        wait_for(serving, timeout_s=60, what="s2-feature run to wait for input")
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class PacedResult:
+    sent: int = 0
+    seconds: float = 0.0
+    late_p99_ms: float = 0.0  # how far the producer fell behind its schedule
+    outputs: int = 0
+    unmatched: int = 0  # outputs whose finalising entry was not sent in this phase
+    latency_ms: dict[str, list[float]] = field(default_factory=dict)  # per window
+
+
+def run_paced(
+    server: RedisServer, inputs: Sequence[StreamInput], phase: int, rate: float, idle_s: float
+) -> PacedResult:
+    """Send one paced phase and wait until the outputs stop (`idle_s` without a new one)."""
+    by_output = {events_key(s.series.symbol): s for s in inputs}
+    schedule = paced_schedule(inputs, phase)
+    sent_at: dict[tuple[str, int], float] = {}
+    late_s: list[float] = []
+    arrivals: list[tuple[str, str, float]] = []
+    stop = threading.Event()
+    reader = server.client(decode_responses=True)
+    newest = {key: reader.xrevrange(key, count=1) for key in by_output}
+    last_ids = {key: str(rows[0][0]) if rows else "0-0" for key, rows in newest.items()}
+    listener = threading.Thread(target=listen, args=(reader, last_ids, stop, arrivals))
+    listener.start()
+    result = PacedResult(sent=len(schedule))
+    producer = threading.Thread(
+        target=produce, args=(server.client(), schedule, rate, sent_at, late_s)
+    )
+    started = time.perf_counter()
+    producer.start()
+    producer.join()
+    result.seconds = time.perf_counter() - started
+    seen, deadline = -1, time.monotonic() + 30
+    while seen != len(arrivals) and time.monotonic() < deadline:
+        seen = len(arrivals)
+        time.sleep(idle_s)
+    stop.set()
+    listener.join()
+    result.late_p99_ms, result.outputs = percentiles(late_s, 99)[0] * 1e3, len(arrivals)
+    for out_key, entry_id, arrived in arrivals:
+        stream = by_output[out_key]
+        t0, _, k = entry_id.partition("-")
+        # The bar the snapshot waited for is the first with close_time >= t0 (t0's own bar unless
+        # the w-bar ended in a gap); the first entry of the bar after it finalised it.
+        waited = int(np.searchsorted(stream.close_time, int(t0), side="left"))
+        sent = sent_at.get((stream.series.stream_key, waited + 1))
+        if sent is None:
+            result.unmatched += 1
+        else:
+            result.latency_ms.setdefault(WINDOWS[int(k)], []).append((arrived - sent) * 1e3)
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def print_burst(floor: float, burst: BurstResult, entries: int) -> None:
+    rate = entries / burst.seconds
+    print(
+        f"2. service, burst mode, windows {SERVICE_WINDOWS}, SQLite + Parquet lake: "
+        f"{rate:,.0f} entries/s ({entries:,} entries in {burst.seconds:.2f} s, "
+        f"{burst.emitted:,} snapshots emitted) = {rate / floor:.0%} of the floor "
+        f"(target >= 50%: {verdict(rate >= 0.5 * floor)})"
+    )
+    if not burst.compute_s:
+        print("3. compute latency: not measured (the workers built no timed engine)")
+        return
+    p50, p95, p99 = (v * 1e3 for v in percentiles(burst.compute_s, 50, 95, 99))
+    print(
+        f"3. compute latency ({len(burst.compute_s):,} on_base_bar calls that produced "
+        f"{burst.snapshots:,} snapshots): p50 {p50:.3f} ms, p95 {p95:.3f} ms, p99 {p99:.3f} ms "
+        f"(target p95 <= 1 ms: {verdict(p95 <= 1.0)}); compute is "
+        f"{sum(burst.compute_s) / burst.seconds:.0%} of the burst run's time"
+    )
+
+
+def print_paced(title: str, paced: PacedResult, rate: float) -> None:
+    print(
+        f"{title}: {paced.sent:,} entries at {rate:,.0f}/s sent in {paced.seconds:.1f} s "
+        f"(producer p99 behind schedule {paced.late_p99_ms:.2f} ms), {paced.outputs:,} "
+        f"snapshots emitted, {paced.unmatched} not matched to an input"
+    )
+    every = [v for values in paced.latency_ms.values() for v in values]
+    if not every:
+        print("   no snapshot was emitted: latency not measured")
+        return
+    p50, p95, p99 = percentiles(every, 50, 95, 99)
+    print(
+        f"   XADD of the finalising entry -> feat:events entry visible: p50 {p50:.2f} ms, "
+        f"p95 {p95:.2f} ms, p99 {p99:.2f} ms, max {max(every):.1f} ms "
+        f"(target p95 <= 10 ms: {verdict(p95 <= 10.0)})"
+    )
+    windows = [w for w in WINDOWS if w in paced.latency_ms]
+    print("   " + "; ".join(f"{w}: {len(paced.latency_ms[w]):,} snapshots" for w in windows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--entries", type=int, default=60_000, help="pre-loaded, all streams")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="paced entries/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each paced phase")
+    parser.add_argument("--floor-passes", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile both service runs")
+    args = parser.parse_args()
+    bench_started = time.perf_counter()
+    live_per_bar = max(1, round(args.rate / len(SYMBOLS)))  # one bar per second per stream
+    paced = round(args.rate * args.seconds / len(SYMBOLS))
+    inputs = build_inputs(args.entries // len(SYMBOLS), paced, live_per_bar)
+    preloaded = sum(len(s.segments[0].entries) for s in inputs)
+    history_days = min(s.segments[1].first_bar for s in inputs) * MINUTE_MS / 86_400_000
+    arguments = "".join(f" {a}" for a in sys.argv[1:])
+    print(f"command: uv run python benches/service_bench.py{arguments}  (make bench, part 2)")
+    print(
+        f"input: {len(inputs)} fut streams of flat S1 entries ("
+        + ", ".join(f"{s.series.symbol} {s.segments[0].per_bar}/bar" for s in inputs)
+        + "), each a different stretch of the real BTC/USD hourly data split into 1-minute bars;"
+        f" warm-up: the {preloaded:,} pre-loaded entries (>= {history_days:.1f} days per stream)"
+        " are drained before the paced phases; SPEC default config bundle\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
+        workdir = Path(tmp)
+        with RedisServer(workdir / "redis", appendonly=False) as server:
+            client = server.client()
+            preload(client, inputs)
+            floors = [floor_pass(client, inputs, f"floor-{i}") for i in range(args.floor_passes)]
+            print(
+                f"1. floor (XREADGROUP COUNT {BATCH} + decode_entry + XACK, hiredis "
+                f"{'on' if redis.utils.HIREDIS_AVAILABLE else 'off'}): {max(floors):,.0f} "
+                f"entries/s (best of {len(floors)} passes over {preloaded:,} entries)"
+            )
+            burst = run_burst(server, workdir, args.profile)
+            print_burst(max(floors), burst, preloaded)
+            profile_to = workdir / "paced.prof" if args.profile else None
+            with service_process(server, workdir, profile_to):
+                dense = run_paced(server, inputs, 1, args.rate, idle_s=1.0)
+                # Bars close once a second here: wait longer than that for the last outputs.
+                live = run_paced(server, inputs, 2, args.rate, idle_s=2.0)
+            print_paced("4. end-to-end latency, 3-4 entries per bar", dense, args.rate)
+            print_paced(f"   then {live_per_bar} entries per bar", live, args.rate)
+            if profile_to is not None:
+                print("\nprofiled: the figures above include the profiler's cost")
+                print(burst.profile)
+                print(profile_summary(pstats.Stats(str(profile_to)), "the paced runs"))
+    print(f"\nwhole benchmark: {time.perf_counter() - bench_started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The snapshot-level data-quality verdict (SPEC §6): missing, jump and bounds.
+
+Pure: it looks at feature values and the w-bar's jump count and returns a `Dqc` with
+machine-readable reasons (`missing:<feature>`, `jump:<n>_flagged_events`, `bounds:<feature>`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from s2feature.config.bundle import ConfigBundle
+from s2feature.domain import FUT_ONLY_FEATURES, Dqc, FeatureValue, Market
+
+
+def required_features(bundle: ConfigBundle, market: Market) -> tuple[str, ...]:
+    """The bundle's required features that apply to a market (funding is fut-only)."""
+    required = bundle.features.required
+    if market == "spot":
+        return tuple(name for name in required if name not in FUT_ONLY_FEATURES)
+    return required
+
+
+def assess(
+    features: Mapping[str, FeatureValue],
+    jump_count: int,
+    required: tuple[str, ...],
+    bundle: ConfigBundle,
+) -> Dqc:
+    null_required = [name for name in required if features.get(name) is None]
+    reasons = [f"missing:{name}" for name in null_required]
+    missing = bool(null_required)
+    jump = jump_count > 0
+    if jump:
+        reasons.append(f"jump:{jump_count}_flagged_events")
+    bounds_reasons = _bounds(features, bundle)
+    reasons.extend(bounds_reasons)
+    notes = []
+    if missing:
+        notes.append(f"{len(null_required)} required feature(s) null")
+    if jump:
+        notes.append(f"bar holds {jump_count} jump-flagged event(s)")
+    if bounds_reasons:
+        notes.append("out of physical bounds")
+    return Dqc(
+        missing=missing,
+        jump=jump,
+        bounds=bool(bounds_reasons),
+        reasons=tuple(reasons),
+        note="; ".join(notes),
+    )
+
+
+def _bounds(features: Mapping[str, FeatureValue], bundle: ConfigBundle) -> list[str]:
+    out = []
+    spread = features.get("spread_bps")
+    if isinstance(spread, float) and (spread < 0.0 or spread > bundle.bounds.spread_bps_max):
+        out.append("bounds:spread_bps")
+    depth = features.get("depth_top1_usdt")
+    if isinstance(depth, float) and depth > bundle.bounds.depth_top1_usdt_max:
+        out.append("bounds:depth_top1_usdt")
+    return out

@@ -1,0 +1,223 @@
+"""One series' work: entries in, state advanced, outputs routed, then committed in SPEC order.
+
+`SeriesWorker.compute` applies a batch of stream entries to the in-memory state (pure apart from
+reading delivery counts) and returns everything the batch must write. `commit` writes it in the
+order of SPEC §8 — store, emit, `feat:last` — and is idempotent, so the service loop can retry it
+after a transient failure without recomputing anything. `flush`, at most once per checkpoint
+interval, appends the committed base bars to the lake, writes the checkpoint and acks.
+
+Crash safety rests on the checkpoint in `feat:{cache}:<symbol>`: it holds the engine and ingestor
+state *and* the ID of the last entry whose effects it contains, and is written after the outputs
+and before the ack. After a crash, entries still pending are delivered again: those at or below the
+checkpoint's ID were fully written already and are only acked; the others are recomputed from the
+checkpointed state, which gives the same snapshots, and written again (upserts and explicit-ID
+emits make that a no-op where the first attempt had got through).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2feature.compute.engine import SymbolEngine
+from s2feature.domain import Bar, SeriesId, Snapshot
+from s2feature.ingest.stream import StreamIngestor
+from s2feature.lake.parquet import BarLake
+from s2feature.service.settings import Settings
+from s2feature.store.base import Store, dqc_fail_event_id
+from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class BatchOutputs:
+    bars: list[Bar] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    emits: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    dead: list[tuple[str, Fields, tuple[str, ...]]] = field(default_factory=list)
+    ack_ids: list[str] = field(default_factory=list)
+    last_id: str | None = None  # newest entry whose effects the state now holds
+    snapshots: int = 0
+
+
+def routing(snapshot: Snapshot, realtime: bool, persist_all: bool) -> tuple[bool, bool]:
+    """(store, emit) for a snapshot, per SPEC §6 and §8.
+
+    Passing snapshots are stored and emitted in realtime mode. Jump and bounds failures are stored
+    (for analysis) but not emitted; missing ones are stored only with `persist_all`.
+    """
+    dqc = snapshot.dqc
+    emit = dqc.passed and realtime
+    store = persist_all or emit or (not dqc.missing and (dqc.jump or dqc.bounds))
+    return store, emit
+
+
+class SeriesWorker:
+    def __init__(
+        self, settings: Settings, series: SeriesId, io: StreamIO, store: Store, lake: BarLake
+    ) -> None:
+        self.settings = settings
+        self.series = series
+        self.io = io
+        self.store = store
+        self.lake = lake
+        self._checkpoint_s = settings.checkpoint_ms / 1000
+        self._unacked: list[str] = []  # committed entries waiting for the next checkpoint
+        self._unlaked: list[Bar] = []  # their base bars, appended to the lake at that checkpoint
+        self._unsaved_id: str | None = None
+        self._flushed_at = time.monotonic()
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
+        bundle = self.settings.bundle
+        self.ingestor = StreamIngestor(self.series, bundle)
+        self.engine = SymbolEngine(self.series, self.settings.windows, bundle)
+        self.applied = (0, 0)
+        self.bars_until = -1  # close time of the newest base bar the engine has seen
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def restore(self) -> str:
+        """Load the checkpoint, or warm up from the lake when there is none. Says which."""
+        state = self.io.load_checkpoint()
+        if state is not None and state.get("version") == CHECKPOINT_VERSION:
+            self.ingestor.restore(state["ingestor"])
+            self.engine.restore(state["engine"])
+            self.applied = entry_id_tuple(state["applied"])
+            self.bars_until = int(state["bars_until"])
+            self.latest = dict(state["latest"])
+            return f"checkpoint at entry {state['applied']}"
+        self._fresh_state()
+        history = self.lake.read(self.series.symbol)
+        for bar in history.to_bars():
+            self.engine.on_base_bar(bar)  # warm-up only: these snapshots were written before
+            self.bars_until = bar.close_time
+        return f"warm-up from {len(history)} lake bars"
+
+    def checkpoint(self, last_id: str) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "applied": last_id,
+            "bars_until": self.bars_until,
+            "ingestor": self.ingestor.snapshot(),
+            "engine": self.engine.snapshot(),
+            "latest": self.latest,
+        }
+
+    # -- compute -------------------------------------------------------------------------------
+
+    def compute(
+        self, entries: Sequence[Entry], deliveries: dict[str, int] | None = None
+    ) -> BatchOutputs:
+        out = BatchOutputs()
+        mode = self.settings.bundle.mode
+        for entry_id, fields in entries:
+            out.ack_ids.append(entry_id)
+            if entry_id_tuple(entry_id) <= self.applied:
+                continue  # written before a crash; only its ack was lost
+            self.applied = entry_id_tuple(entry_id)
+            out.last_id = entry_id
+            if deliveries and deliveries.get(entry_id, 0) > self.settings.max_deliveries:
+                out.dead.append((entry_id, dict(fields), ("delivery:too_many_attempts",)))
+                continue
+            outcome = self.ingestor.on_entry(fields)
+            if outcome.rejected is not None:
+                out.events.append(self._dropped_event(entry_id, outcome.rejected.reasons))
+                if outcome.rejected.category == "unreadable":
+                    out.dead.append((entry_id, dict(fields), outcome.rejected.reasons))
+                continue
+            for bar in outcome.bars:
+                if bar.close_time <= self.bars_until:
+                    continue  # already in the lake and the engine (a replay after warm-up)
+                self.bars_until = bar.close_time
+                out.bars.append(bar)
+                for snap in self.engine.on_base_bar(bar):
+                    self._route(snap, out, mode.realtime, mode.persist_all)
+        return out
+
+    def _route(self, snap: Snapshot, out: BatchOutputs, realtime: bool, persist_all: bool) -> None:
+        out.snapshots += 1
+        payload = snap.to_payload("realtime", int(time.time() * 1000))
+        store, emit = routing(snap, realtime, persist_all)
+        if store:
+            out.signals.append(payload)
+        if emit:
+            out.emits.append((snap.t0, snap.window, payload))
+            self.latest[snap.window] = payload
+        if not snap.dqc.passed:
+            out.events.append(
+                {
+                    "event_id": dqc_fail_event_id(snap.signal_id),
+                    "kind": "FEATURE_DQC_FAIL",
+                    "symbol": snap.series.symbol,
+                    "ts": snap.t0,
+                    "signal_id": snap.signal_id,
+                    "reasons": list(snap.dqc.reasons),
+                    "config_rev": snap.config_rev,
+                }
+            )
+
+    def _dropped_event(self, entry_id: str, reasons: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "event_id": dqc_fail_event_id(f"{self.io.key}:{entry_id}"),
+            "kind": "FEATURE_DQC_FAIL",
+            "symbol": self.series.symbol,
+            "ts": entry_id_tuple(entry_id)[0],
+            "entry_id": entry_id,
+            "stream": self.io.key,
+            "reasons": list(reasons),
+            "config_rev": self.settings.bundle.rev,
+        }
+
+    # -- commit --------------------------------------------------------------------------------
+
+    def commit(self, out: BatchOutputs) -> int:
+        """Write a computed batch: store, dead letters, emits, `feat:last`; safe to call again
+        after a failure. Returns the number of new emits (replays rejected by Redis are not
+        counted).
+
+        The batch's base bars go to the lake and its entries are acked later, by `flush`,
+        together with a checkpoint that holds their effects: a checkpoint carries the whole
+        engine state (megabytes with 30 days of one-minute returns), so it is written at most
+        once per `checkpoint_ms`, not per batch.
+        """
+        if out.signals:
+            self.store.upsert_signals(out.signals)
+        if out.events:
+            self.store.upsert_strategy_events(out.events)
+        for entry_id, fields, reasons in out.dead:
+            self.io.dead_letter(entry_id, fields, reasons)
+        emitted = self.io.emit(out.emits, self.settings.emit_maxlen)
+        if out.emits:
+            newest = max(p["t0"] for p in self.latest.values())
+            self.io.set_last({"t0": newest, "windows": self.latest}, self.settings.last_ttl_s)
+        # Registered only once every write above has landed, and with no I/O after it, so a
+        # retried commit cannot register the same entries twice.
+        self._unacked.extend(out.ack_ids)
+        self._unlaked.extend(out.bars)
+        if out.last_id is not None:
+            self._unsaved_id = out.last_id
+        return emitted
+
+    def flush(self, force: bool = False) -> int:
+        """Checkpoint (when the state moved) and ack every committed entry, if due or forced.
+        Returns the number of entries acked."""
+        now = time.monotonic()
+        if not self._unacked or (not force and now - self._flushed_at < self._checkpoint_s):
+            return 0
+        if self._unlaked:
+            # One lake part per checkpoint rather than per batch; an entry is acked only after
+            # its base bars are in the lake, so a crash replays them from the stream.
+            self.lake.append(self.series.symbol, self._unlaked)
+            self._unlaked = []
+        if self._unsaved_id is not None:
+            self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
+        self.io.ack(self._unacked)
+        acked = len(self._unacked)
+        self._unacked, self._unsaved_id, self._flushed_at = [], None, now
+        return acked

@@ -1,0 +1,32 @@
+"""Persistence of snapshots and strategy events behind one `Store` protocol.
+
+SQLite (`SqliteStore`) is the embedded default; ArangoDB (`s2feature.store.arango.ArangoStore`)
+is the production store, imported on demand so that SQLite deployments do not load its driver.
+`open_store(os.environ)` picks one from the `S2_DB_*` settings.
+"""
+
+from s2feature.store.base import (
+    EVENT_KINDS,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    dqc_fail_event_id,
+    is_valid_key,
+    recompute_event_id,
+    sanitize_key,
+)
+from s2feature.store.factory import open_store
+from s2feature.store.sqlite import SqliteStore
+
+__all__ = [
+    "EVENT_KINDS",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "dqc_fail_event_id",
+    "is_valid_key",
+    "open_store",
+    "recompute_event_id",
+    "sanitize_key",
+]

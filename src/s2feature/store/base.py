@@ -1,0 +1,259 @@
+"""The store contract: the `Store` protocol, its errors, document checks and key helpers.
+
+Exception tree (driver errors are translated into these at each backend's boundary, with the
+driver error kept as `__cause__`):
+
+    StoreError                fatal: bad document, permission, schema, closed store
+    └── StoreUnavailable      retryable: connection refused/reset, timeout, 503, locked/busy
+
+Both backends run every batch through `prepare_signals` / `prepare_events` before writing, so a
+document the store cannot hold exactly (NaN, infinities, a missing key field, a reserved field) is
+rejected the same way everywhere, and before anything of its batch is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, runtime_checkable
+
+from s2feature.domain import WINDOWS
+
+SIGNALS: Final = "signals"
+STRATEGY_EVENTS: Final = "strategy_events"
+EVENT_KINDS: Final[tuple[str, ...]] = ("FEATURE_DQC_FAIL", "FEATURE_RECOMPUTE")
+
+# ArangoDB document keys: at most 254 bytes of these characters. Keys are checked on every
+# backend so that a document SQLite accepts is one ArangoDB accepts too.
+KEY_MAX_BYTES: Final = 254
+_KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-:.@()+,=;$!*'%]+")
+_KEY_DISALLOWED: Final = re.compile(r"[^A-Za-z0-9_\-:.@()+,=;$!*'%]")
+_HASH_SEPARATOR: Final = "@"
+_HASH_HEX_DIGITS: Final = 16
+
+# Fields that ArangoDB owns: a payload carrying them could not be returned exactly as stored.
+RESERVED_FIELDS: Final[frozenset[str]] = frozenset({"_key", "_id", "_rev", "_from", "_to"})
+
+
+class StoreError(Exception):
+    """A store operation failed and retrying will not help (bad document, permission, schema)."""
+
+
+class StoreUnavailable(StoreError):  # noqa: N818 - the name is part of the project's contract
+    """The backend cannot be reached right now (connection, timeout, 503, locked); retry later."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence of signal snapshots and strategy events (SPEC §7).
+
+    Writes are upserts by a deterministic key, so replaying a batch changes nothing. Documents
+    come back exactly as they were stored, without backend fields.
+    """
+
+    name: str
+
+    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace-or-insert snapshot payloads keyed by `signal_id`, as one batch."""
+
+    def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace-or-insert strategy events keyed by `event_id`, as one batch."""
+
+    def get_signal(self, signal_id: str) -> dict[str, Any] | None:
+        """The stored payload of one signal, or None."""
+
+    def query_signals(
+        self,
+        symbol: str,
+        window: str | None = None,
+        from_t0: int | None = None,
+        to_t0: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Signals of a symbol with `from_t0 <= t0 <= to_t0`, ordered by (t0, window index)."""
+
+    def strategy_events(
+        self, kind: str | None = None, symbol: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Strategy events, optionally filtered, ordered by (ts, event_id)."""
+
+    def count_signals(self) -> int:
+        """Number of stored signals."""
+
+    def ping(self) -> None:
+        """Return when the backend answers; raise StoreUnavailable when it cannot be reached."""
+
+    def close(self) -> None:
+        """Release connections; later calls raise StoreError. Closing twice is harmless."""
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether `key` is usable as a document key on every backend (ArangoDB `_key` rules)."""
+    return (
+        bool(key)
+        and len(key.encode("utf-8")) <= KEY_MAX_BYTES
+        and _KEY_PATTERN.fullmatch(key) is not None
+    )
+
+
+def sanitize_key(text: str, prefix: str = "") -> str:
+    """A valid key for `prefix + text`: unchanged when already valid, else cleaned and hashed.
+
+    Disallowed characters become `_`; whenever anything was replaced or cut to fit the length
+    limit, `@` and 16 hex digits of the SHA-256 of the original text are appended, so different
+    inputs keep different keys and the same input always gives the same key.
+    """
+    candidate = prefix + text
+    if is_valid_key(candidate):
+        return candidate
+    digest = hashlib.sha256(candidate.encode("utf-8")).hexdigest()[:_HASH_HEX_DIGITS]
+    suffix = _HASH_SEPARATOR + digest
+    cleaned = _KEY_DISALLOWED.sub("_", candidate)  # all kept characters are ASCII: 1 byte each
+    return cleaned[: KEY_MAX_BYTES - len(suffix)] + suffix
+
+
+def dqc_fail_event_id(signal_id_or_entry: str) -> str:
+    """Deterministic `event_id` of the FEATURE_DQC_FAIL event of a signal or input entry.
+
+    Pass the `signal_id` of a failing snapshot, or `<stream key>/<entry id>` of a dropped event.
+    """
+    return sanitize_key(signal_id_or_entry, prefix="dqc_fail:")
+
+
+def recompute_event_id(task_id: str) -> str:
+    """Deterministic `event_id` of the FEATURE_RECOMPUTE event of a recompute task."""
+    return sanitize_key(task_id, prefix="recompute:")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRow:
+    """A checked signal document with its indexed columns and its JSON text."""
+
+    signal_id: str
+    symbol: str
+    window: str
+    t0: int
+    doc: dict[str, Any]
+    json_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A checked strategy event with its indexed columns and its JSON text."""
+
+    event_id: str
+    kind: str
+    symbol: str | None
+    ts: int
+    doc: dict[str, Any]
+    json_text: str
+
+
+def encode_json(doc: Mapping[str, Any], what: str) -> str:
+    """Compact JSON of a document; StoreError naming `what` and the path of a bad value."""
+    try:
+        return json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, TypeError) as e:
+        path = _find_unstorable(doc, "")
+        where = f" at {path}" if path else ""
+        raise StoreError(f"{what}: value not storable as JSON{where} ({e})") from e
+
+
+def _find_unstorable(value: Any, path: str) -> str | None:
+    """Path of the first non-finite float, non-JSON value or non-JSON key inside `value`."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path or "."
+    if value is None or isinstance(value, str | int | bool):
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key is not None and not isinstance(key, str | int | float | bool):
+                return f"{path}.{key!r}"
+            found = _find_unstorable(item, f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _find_unstorable(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return path or "."
+
+
+def _require_int(doc: Mapping[str, Any], field: str, what: str) -> int:
+    value = doc.get(field)
+    # bool is an int subclass, but True is no timestamp
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise StoreError(f"{what}: field {field!r} must be an integer, got {value!r}")
+    return value
+
+
+def _require_str(doc: Mapping[str, Any], field: str, what: str) -> str:
+    value = doc.get(field)
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"{what}: field {field!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_reserved(doc: Mapping[str, Any], what: str) -> None:
+    reserved = sorted(RESERVED_FIELDS.intersection(doc))
+    if reserved:
+        raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
+
+
+def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
+    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
+    raw_id = doc.get("signal_id")
+    what = f"signal {raw_id!r}"
+    signal_id = _require_str(doc, "signal_id", what)
+    if not is_valid_key(signal_id):
+        raise StoreError(f"{what}: not a valid document key")
+    symbol = _require_str(doc, "symbol", what)
+    window = _require_str(doc, "window", what)
+    if window not in WINDOWS:
+        raise StoreError(f"{what}: window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    t0 = _require_int(doc, "t0", what)
+    if signal_id != f"{symbol}:{window}:{t0}":
+        raise StoreError(f"{what}: signal_id must be '<symbol>:<window>:<t0>'")
+    _check_reserved(doc, what)
+    text = encode_json(doc, what)
+    return SignalRow(signal_id, symbol, window, t0, dict(doc), text)
+
+
+def prepare_event(doc: Mapping[str, Any]) -> EventRow:
+    """Check one strategy event and encode it; StoreError naming the event."""
+    what = f"strategy event {doc.get('event_id')!r}"
+    event_id = _require_str(doc, "event_id", what)
+    if not is_valid_key(event_id):
+        raise StoreError(f"{what}: not a valid document key (see sanitize_key)")
+    kind = _require_str(doc, "kind", what)
+    if kind not in EVENT_KINDS:
+        raise StoreError(f"{what}: kind must be one of {', '.join(EVENT_KINDS)}, got {kind!r}")
+    symbol = doc.get("symbol")
+    if symbol is not None and not isinstance(symbol, str):
+        raise StoreError(f"{what}: field 'symbol' must be a string or null, got {symbol!r}")
+    ts = _require_int(doc, "ts", what)
+    _check_reserved(doc, what)
+    text = encode_json(doc, what)
+    return EventRow(event_id, kind, symbol, ts, dict(doc), text)
+
+
+def prepare_signals(docs: Sequence[Mapping[str, Any]]) -> list[SignalRow]:
+    """Check a whole batch before any of it is written."""
+    return [prepare_signal(doc) for doc in docs]
+
+
+def prepare_events(docs: Sequence[Mapping[str, Any]]) -> list[EventRow]:
+    """Check a whole batch before any of it is written."""
+    return [prepare_event(doc) for doc in docs]

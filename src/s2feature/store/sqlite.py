@@ -1,0 +1,223 @@
+"""SQLite store: the embedded default, one file and zero setup.
+
+One connection in WAL mode, shared by the threads of one process behind a lock (the consumer
+writes while the HTTP API reads). Each batch is one `BEGIN IMMEDIATE` transaction, so a batch is
+written completely or not at all. Documents are stored as compact JSON next to the columns the
+queries filter and sort on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final
+
+from s2feature.domain import WINDOWS
+from s2feature.store.base import (
+    StoreError,
+    StoreUnavailable,
+    is_valid_key,
+    prepare_events,
+    prepare_signals,
+)
+
+DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS signals (
+        signal_id TEXT PRIMARY KEY,
+        symbol TEXT NOT NULL,
+        "window" TEXT NOT NULL,
+        t0 INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    'CREATE INDEX IF NOT EXISTS signals_by_series ON signals (symbol, "window", t0)',
+    """CREATE TABLE IF NOT EXISTS strategy_events (
+        event_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        symbol TEXT,
+        ts INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS strategy_events_by_kind ON strategy_events (kind, symbol, ts)",
+)
+
+_UPSERT_SIGNAL: Final = """
+    INSERT INTO signals (signal_id, symbol, "window", t0, doc) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (signal_id) DO UPDATE SET
+        symbol = excluded.symbol, "window" = excluded."window", t0 = excluded.t0, doc = excluded.doc
+"""
+_UPSERT_EVENT: Final = """
+    INSERT INTO strategy_events (event_id, kind, symbol, ts, doc) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (event_id) DO UPDATE SET
+        kind = excluded.kind, symbol = excluded.symbol, ts = excluded.ts, doc = excluded.doc
+"""
+# Order windows by their position in 1m,5m,1h,4h,1d, not alphabetically.
+_WINDOW_ORDER: Final = (
+    'CASE "window" '
+    + " ".join(f"WHEN '{w}' THEN {i}" for i, w in enumerate(WINDOWS))
+    + f" ELSE {len(WINDOWS)} END"
+)
+
+
+def _is_retryable(error: sqlite3.OperationalError) -> bool:
+    message = str(error).lower()
+    return "locked" in message or "busy" in message
+
+
+@contextmanager
+def translate_sqlite_errors(action: str) -> Iterator[None]:
+    """Turn sqlite3 errors into StoreUnavailable (locked/busy) or StoreError (the rest)."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if _is_retryable(e):
+            raise StoreUnavailable(f"sqlite {action}: {e}") from e
+        raise StoreError(f"sqlite {action}: {e}") from e
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"sqlite {action}: {e}") from e
+
+
+class SqliteStore:
+    """Store in one SQLite file; the parent directory is created when missing."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        with translate_sqlite_errors("open"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; batches open their own.
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
+            )
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    @contextmanager
+    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"sqlite {action}: store is closed")
+            with translate_sqlite_errors(action):
+                yield self._conn
+
+    def _write_batch(self, action: str, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with self._locked(action) as conn:
+            # IMMEDIATE takes the write lock up front, so the busy timeout covers the wait.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(statement, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                # a failed COMMIT (busy) leaves the transaction open: roll it back, keep the cause
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace-or-insert snapshot payloads keyed by `signal_id`, in one transaction."""
+        rows = [(r.signal_id, r.symbol, r.window, r.t0, r.json_text) for r in prepare_signals(docs)]
+        self._write_batch("upsert signals", _UPSERT_SIGNAL, rows)
+
+    def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace-or-insert strategy events keyed by `event_id`, in one transaction."""
+        rows = [(r.event_id, r.kind, r.symbol, r.ts, r.json_text) for r in prepare_events(docs)]
+        self._write_batch("upsert strategy events", _UPSERT_EVENT, rows)
+
+    def get_signal(self, signal_id: str) -> dict[str, Any] | None:
+        """The stored payload of one signal, or None."""
+        with self._locked("get signal") as conn:
+            if not is_valid_key(signal_id):
+                return None  # no stored signal can have this id
+            row = conn.execute("SELECT doc FROM signals WHERE signal_id = ?", (signal_id,))
+            found = row.fetchone()
+        return None if found is None else _decode(found[0])
+
+    def query_signals(
+        self,
+        symbol: str,
+        window: str | None = None,
+        from_t0: int | None = None,
+        to_t0: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Signals of a symbol with `from_t0 <= t0 <= to_t0`, ordered by (t0, window index)."""
+        clauses = ["symbol = ?"]
+        params: list[Any] = [symbol]
+        if window is not None:
+            clauses.append('"window" = ?')
+            params.append(window)
+        if from_t0 is not None:
+            clauses.append("t0 >= ?")
+            params.append(from_t0)
+        if to_t0 is not None:
+            clauses.append("t0 <= ?")
+            params.append(to_t0)
+        sql = (
+            f"SELECT doc FROM signals WHERE {' AND '.join(clauses)} "
+            f"ORDER BY t0, {_WINDOW_ORDER}, signal_id"
+        )
+        with self._locked("query signals") as conn:
+            texts = [row[0] for row in conn.execute(sql, params)]
+        return [_decode(text) for text in texts]
+
+    def strategy_events(
+        self, kind: str | None = None, symbol: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Strategy events, optionally filtered, ordered by (ts, event_id)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if symbol is not None:
+            clauses.append("symbol = ?")
+            params.append(symbol)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        sql = f"SELECT doc FROM strategy_events {where}ORDER BY ts, event_id"
+        with self._locked("query strategy events") as conn:
+            texts = [row[0] for row in conn.execute(sql, params)]
+        return [_decode(text) for text in texts]
+
+    def count_signals(self) -> int:
+        """Number of stored signals."""
+        with self._locked("count signals") as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM signals").fetchone()
+        return int(count)
+
+    def ping(self) -> None:
+        """Check that the file is readable (a locked database raises StoreUnavailable)."""
+        with self._locked("ping") as conn:
+            conn.execute("SELECT 1 FROM signals LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        """Close the connection; later calls raise StoreError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with translate_sqlite_errors("close"):
+                self._conn.close()
+
+
+def _decode(text: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(text)
+    return doc

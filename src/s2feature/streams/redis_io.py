@@ -1,0 +1,233 @@
+"""Redis side of the service: connection, key names, consumer-group reads, outputs, checkpoints.
+
+Every call here is one Redis round trip (or a pipeline of them); `is_retryable` tells the service
+loop which failures to retry with backoff. Writes are idempotent:
+output entries have explicit IDs `<t0>-<k>`, so a replayed emit is rejected by Redis and counted as
+already emitted; the dead-letter stream reuses the input entry ID for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from s2feature.domain import SeriesId, window_index
+from s2feature.service.settings import RedisSettings
+
+AnyRedis = redis.Redis | RedisCluster
+Fields = dict[bytes | str, bytes | str]
+Entry = tuple[str, Fields]  # (entry id, fields)
+
+
+RETRYABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    # ClusterError covers CLUSTERDOWN, MASTERDOWN and the cluster client's "TTL exhausted" after
+    # too many redirects in a row, all of which a settled topology fixes.
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    # Not a RedisError: the client's slot map had no node for the key (a topology refresh caught
+    # mid-migration or mid-failover).
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether retrying the same call later can succeed (connection, topology, loading)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return False  # a ConnectionError subclass, but a wrong password does not heal itself
+    if isinstance(exc, RETRYABLE):
+        return True
+    # A blocked XREADGROUP whose key migrates fails with "UNBLOCKED ... no longer exists".
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("UNBLOCKED", "LOADING"))
+
+
+def connect(settings: RedisSettings) -> AnyRedis:
+    if settings.is_cluster:
+        nodes = [ClusterNode(host, port) for host, port in settings.addresses]  # type: ignore[no-untyped-call]
+        return RedisCluster(
+            startup_nodes=nodes,
+            username=settings.username,
+            password=settings.password,
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=2.0,
+        )
+    host, port = settings.addresses[0]
+    return redis.Redis(
+        host=host,
+        port=port,
+        username=settings.username,
+        password=settings.password,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=2.0,
+    )
+
+
+def events_key(symbol: str) -> str:
+    return f"feat:events:{symbol}"
+
+
+def last_key(symbol: str) -> str:
+    return f"feat:last:{symbol}"
+
+
+def cache_key(symbol: str) -> str:
+    # The {cache} hash tag is the SPEC's key name; it keeps every checkpoint in one slot.
+    return f"feat:{{cache}}:{symbol}"
+
+
+def dead_letter_key(symbol: str) -> str:
+    return f"feat:dlq:{symbol}"
+
+
+def entry_id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class StreamIO:
+    """Consumer-group reads and the outputs of one series."""
+
+    def __init__(self, client: AnyRedis, series: SeriesId, group: str, consumer: str) -> None:
+        self.client = client
+        self.series = series
+        self.key = series.stream_key
+        self.group = group
+        self.consumer = consumer
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def claim_all_pending(self, min_idle_ms: int) -> int:
+        """Take over entries other consumers of the group left pending (dead incarnations).
+
+        XPENDING + XCLAIM JUSTID rather than XAUTOCLAIM: a claim must not count as a delivery,
+        or a few restarts would push healthy entries over the dead-letter threshold.
+        """
+        claimed, start = 0, "-"
+        while True:
+            rows: Any = self.client.xpending_range(
+                self.key, self.group, min=start, max="+", count=200, idle=min_idle_ms
+            )
+            others = [r["message_id"] for r in rows if _decode(r["consumer"]) != self.consumer]
+            if others:
+                self.client.xclaim(
+                    self.key, self.group, self.consumer, min_idle_ms, others, justid=True
+                )
+                claimed += len(others)
+            if len(rows) < 200:
+                return claimed
+            start = "(" + _decode(rows[-1]["message_id"])  # exclusive: continue after it
+
+    def read(self, count: int, block_ms: int | None, pending: bool) -> list[Entry]:
+        """Own pending entries (`pending=True`, from the start) or new ones."""
+        if pending:
+            return self.read_pending(count)
+        return self._read(">", count, block_ms)
+
+    def read_pending(self, count: int, after_id: str = "0") -> list[Entry]:
+        """Entries delivered to this consumer and not acked yet, with IDs above `after_id`, oldest
+        first. Page through them by passing the last ID of the previous page: entries stay pending
+        until a checkpoint acks them, so reading from "0" again would return the same page."""
+        return self._read(after_id, count, None)
+
+    def has_pending_between(self, after_id: str, before_id: str | None) -> bool:
+        """Whether this consumer holds a pending entry with `after_id < ID < before_id` (no upper
+        bound when `before_id` is None)."""
+        rows: Any = self.client.xpending_range(
+            self.key,
+            self.group,
+            min=f"({after_id}",
+            max="+" if before_id is None else f"({before_id}",
+            count=1,
+            consumername=self.consumer,
+        )
+        return bool(rows)
+
+    def _read(self, from_id: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply: Any = self.client.xreadgroup(
+            self.group, self.consumer, {self.key: from_id}, count=count, block=block_ms
+        )
+        out: list[Entry] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields is None:  # trimmed away while pending: nothing left to process
+                    fields = {}
+                out.append((_decode(entry_id), fields))
+        return out
+
+    def delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows: Any = self.client.xpending_range(
+            self.key, self.group, min=ids[0], max=ids[-1], count=len(ids) + 1000
+        )
+        return {_decode(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def ack(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.xack(self.key, self.group, *ids)
+
+    def dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
+        payload: Fields = {
+            **fields,
+            "s2_reasons": json.dumps(list(reasons)),
+            "s2_source_stream": self.key,
+        }
+        try:
+            self.client.xadd(dead_letter_key(self.series.symbol), payload, id=entry_id)  # type: ignore[arg-type]
+        except redis.ResponseError as exc:
+            if "equal or smaller" not in str(exc):
+                raise
+
+    def emit(self, items: Sequence[tuple[int, str, Mapping[str, Any]]], maxlen: int) -> int:
+        """XADD each `(t0, window, payload)` with the explicit ID `<t0>-<k>`, pipelined (one
+        round trip). Returns how many were new: an ID Redis already has is a replay, rejected by
+        Redis and counted as already emitted. Any other error fails the whole call, which the
+        caller retries (the emits that landed are then rejected as replays)."""
+        if not items:
+            return 0
+        key = events_key(self.series.symbol)
+        pipe = self.client.pipeline(transaction=False)
+        for t0, window, payload in items:
+            pipe.xadd(
+                key,
+                {"data": json.dumps(payload, allow_nan=False)},
+                id=f"{t0}-{window_index(window)}",
+                maxlen=maxlen,
+                approximate=True,
+            )
+        new = 0
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            new += 1
+        return new
+
+    def set_last(self, doc: Mapping[str, Any], ttl_s: int) -> None:
+        self.client.set(last_key(self.series.symbol), json.dumps(doc, allow_nan=False), ex=ttl_s)
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        self.client.set(cache_key(self.series.symbol), json.dumps(state, allow_nan=False))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        raw: Any = self.client.get(cache_key(self.series.symbol))
+        return None if raw is None else dict(json.loads(raw))
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
