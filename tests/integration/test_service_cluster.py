@@ -355,8 +355,10 @@ def test_two_instances_with_disjoint_symbols_and_one_group_name_do_not_interfere
     env_b = cluster_env(redis_cluster, tmp_path, (ETH,), "instance-b")
 
     both = [run_cli(env_a), run_cli(env_b)]
-    for process in both:
-        assert_cli_succeeded(process)
+    # Wait for both before asserting, so a failure of one does not leave the other running.
+    stderrs = [process.communicate(timeout=SAFETY_S)[1] for process in both]
+    for process, stderr in zip(both, stderrs, strict=True):
+        assert process.returncode == 0, stderr.decode()[-2000:]
 
     for series, env, consumer in ((BTC, env_a, "instance-a"), (ETH, env_b, "instance-b")):
         groups: Any = client.xinfo_groups(series.stream_key)

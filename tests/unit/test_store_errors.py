@@ -8,6 +8,7 @@ building, response parsing and error translation all run the real driver code.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator, MutableMapping
@@ -534,6 +535,54 @@ def test_write_while_another_process_holds_the_lock_is_unavailable(tmp_path: Pat
     finally:
         other.close()
         store.close()
+
+
+def _open_and_close(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        SqliteStore(path).close()
+    except StoreError as e:
+        errors.put(repr(e))
+
+
+def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Two service instances on one host share the default file. Switching a fresh file to WAL
+    # races between them; before the open retried, about one start in five failed "locked".
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for trial in range(15):
+        path = str(tmp_path / f"s2-{trial}.db")
+        barrier = context.Barrier(6)
+        processes = [
+            context.Process(target=_open_and_close, args=(path, barrier, errors)) for _ in range(6)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=30)
+            assert process.exitcode == 0
+    assert errors.empty(), errors.get()
+    errors.close()
+    errors.join_thread()
+
+
+def test_open_while_another_connection_holds_an_exclusive_lock_waits_then_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s2.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE t (x)")
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            SqliteStore(path, busy_timeout_s=0.1)
+        other.execute("ROLLBACK")
+        store = SqliteStore(path, busy_timeout_s=0.1)
+        store.upsert_signals([signal_doc()])
+        assert store.count_signals() == 1
+        store.close()
+    finally:
+        other.close()
 
 
 def test_sqlite_path_that_is_a_directory_is_fatal(tmp_path: Path) -> None:

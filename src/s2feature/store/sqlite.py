@@ -9,8 +9,10 @@ queries filter and sort on.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -82,6 +84,34 @@ def translate_sqlite_errors(action: str) -> Iterator[None]:
         raise StoreError(f"sqlite {action}: {e}") from e
 
 
+def _initialise(conn: sqlite3.Connection, deadline: float) -> None:
+    """Switch to WAL and create the schema, retrying while another process does the same.
+
+    Two processes opening a fresh file at once can get SQLITE_BUSY at once, without the busy
+    handler ever waiting: switching the journal mode needs an exclusive lock, and a read lock
+    upgraded to a write lock is refused rather than risk a deadlock. Both steps are idempotent,
+    so they are retried with a short random pause until the busy timeout is spent.
+    """
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return
+        except sqlite3.OperationalError as e:
+            if not _is_retryable(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+
+
 class SqliteStore:
     """Store in one SQLite file; the parent directory is created when missing."""
 
@@ -98,10 +128,7 @@ class SqliteStore:
                 self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
             )
             try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
+                _initialise(self._conn, deadline=time.monotonic() + busy_timeout_s)
             except BaseException:
                 self._conn.close()
                 raise
