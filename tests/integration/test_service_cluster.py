@@ -234,11 +234,18 @@ def test_slot_migration_while_events_flow_loses_and_duplicates_nothing(
     observer = redis_cluster.client()
     progress = StreamProgress(observer, BTC, entries)
     sent = [0]
+    # The producer holds the last entries back until the slot is mid-migration, so input is
+    # guaranteed to flow through the ASK window however fast the service drains the first part
+    # (without the hold, a fast service had consumed everything before the key first existed).
+    held_back_from = len(entries) - 3 * WINDOW_PROGRESS
+    migrating = threading.Event()
 
     def produce() -> None:
         producer = redis_cluster.client()
         seen = StreamProgress(producer, BTC, entries)
         for start in range(0, len(entries), CHUNK):
+            if start >= held_back_from:
+                assert migrating.wait(SAFETY_S), "the migration never started"
             wait_for(
                 partial(seen.delivered_at_least, start - MAX_LAG),
                 timeout_s=SAFETY_S,
@@ -264,12 +271,13 @@ def test_slot_migration_while_events_flow_loses_and_duplicates_nothing(
     slot = key_slot(moved_key)
     source = redis_cluster.node_for_slot(slot)
     target = (source + 1) % len(redis_cluster.nodes)
-    in_window: list[tuple[int, int]] = []
+    in_window: list[tuple[int, int, int]] = []  # (acked, produced) during it, entries left before
 
     def keep_flowing(_moved: int) -> None:
         # The key is on the target and the slot still migrating: the source answers every
         # command on it with ASK. Entries keep arriving and the service must keep acking them
         # (and, for the output stream, emitting) before the migration is allowed to finish.
+        migrating.set()
         acked, produced, emits = progress.acked(), sent[0], observer.xlen(out_key)
         want_acked = min(acked + WINDOW_PROGRESS, len(entries))
         want_sent = min(produced + WINDOW_PROGRESS, len(entries))
@@ -283,7 +291,7 @@ def test_slot_migration_while_events_flow_loses_and_duplicates_nothing(
             serving,
             producing,
         )
-        in_window.append((progress.acked() - acked, sent[0] - produced))
+        in_window.append((progress.acked() - acked, sent[0] - produced, len(entries) - produced))
 
     asked_before = asking_calls(redis_cluster.nodes[target])
     redis_cluster.migrate_slot(slot, target, batch=10, after_batch=keep_flowing)
@@ -298,7 +306,9 @@ def test_slot_migration_while_events_flow_loses_and_duplicates_nothing(
     assert redis_cluster.node_for_slot(slot) == target
     assert redis_cluster.nodes[target].execute("EXISTS", moved_key) == 1
     assert in_window, "the migration moved no key while the service ran"
-    assert all(acked > 0 and produced > 0 for acked, produced in in_window)
+    assert in_window[0][2] >= 3 * WINDOW_PROGRESS  # the held-back input was still to come
+    # Wherever input was left to send, it was sent and consumed during the ASK window.
+    assert all(acked > 0 and produced > 0 for acked, produced, left in in_window if left > 0)
     assert asking_calls(redis_cluster.nodes[target]) > asked_before  # ASK redirects were followed
     assert_run_complete(observer, BTC, env, bars, entries)
 
