@@ -300,13 +300,23 @@ def test_an_entry_delivered_more_than_n_times_is_dead_lettered_and_acked(
 
 def test_service_runs_as_a_least_privilege_acl_user(service_env: Any) -> None:
     env, client = service_env
-    # SPEC §13: read the input streams (XACK/XAUTOCLAIM need write on them), write only S2 keys.
+    # SPEC §13: read the input streams (XACK/XCLAIM need write on them), write only S2 keys;
+    # the stream leases run as scripts (EVALSHA, loaded once with SCRIPT LOAD).
     client.acl_setuser(
         "s2svc",
         enabled=True,
         passwords=["+s2-secret"],
         keys=["mkt:events:*", "feat:*"],
-        commands=["+@stream", "+@string", "+@keyspace", "+@connection", "-@dangerous", "+info"],
+        commands=[
+            "+@stream",
+            "+@string",
+            "+@keyspace",
+            "+@connection",
+            "-@dangerous",
+            "+info",
+            "+evalsha",
+            "+script|load",
+        ],
     )
     for fields in input_entries(1600, seed=21):
         client.xadd(SERIES.stream_key, fields)  # type: ignore[arg-type]

@@ -323,7 +323,11 @@ def test_a_service_blocked_on_its_input_stream_follows_it_to_another_master(
     entries = input_entries(BTC, bars, seed=43)
     # A 30 s block keeps the read parked on the source from the moment it is seen there until
     # its key has moved away under it; `services.stop` ends the last one with CLIENT UNBLOCK.
-    env = {**cluster_env(redis_cluster, tmp_path, (BTC,), "svc-1"), "S2_BLOCK_MS": "30000"}
+    env = {
+        **cluster_env(redis_cluster, tmp_path, (BTC,), "svc-1"),
+        "S2_BLOCK_MS": "30000",
+        "S2_CLAIM_IDLE_MS": "120000",  # the stream lease must outlast the blocked read
+    }
     slow_reads = RedisCluster(startup_nodes=redis_cluster.startup_nodes, socket_timeout=60)
     slot = key_slot(BTC.stream_key)
     source = redis_cluster.node_for_slot(slot)

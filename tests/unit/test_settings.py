@@ -21,6 +21,7 @@ def test_defaults() -> None:
     assert settings.windows == ("1m", "5m", "1h")
     assert (settings.group, settings.consumer) == ("s2", "c1")
     assert (settings.batch_size, settings.block_ms) == (200, 200)
+    assert settings.claim_idle_ms == 30_000
     assert settings.lake_dir == Path("data/lake")
 
 
@@ -45,6 +46,8 @@ def test_several_addresses_mean_a_cluster_and_windows_are_put_in_order() -> None
         ({**BASE, "S2_BATCH_SIZE": "-3"}, "S2_BATCH_SIZE"),
         ({**BASE, "S2_CHECKPOINT_MS": "soon"}, "S2_CHECKPOINT_MS"),
         ({**BASE, "S2_CONFIG_FILE": "/nonexistent/bundle.yaml"}, "S2_CONFIG_FILE"),
+        ({**BASE, "S2_BLOCK_MS": "10000"}, "S2_BLOCK_MS"),
+        ({**BASE, "S2_CLAIM_IDLE_MS": "0"}, "S2_CLAIM_IDLE_MS"),
     ],
     ids=[
         "no-symbols",
@@ -57,6 +60,8 @@ def test_several_addresses_mean_a_cluster_and_windows_are_put_in_order() -> None
         "negative-batch",
         "non-numeric-checkpoint",
         "missing-config-file",
+        "block-outlasting-the-lease",
+        "zero-lease",
     ],
 )
 def test_bad_setting_is_named_in_the_error(env: dict[str, str], named: str) -> None:

@@ -12,11 +12,16 @@ silently re-sends the read, which returns the *next* entries. Left alone, the lo
 pending, and after a restart they would lie below the checkpoint and be acked without ever being
 applied. So every read of new entries is followed by one `XPENDING` for this consumer between the
 last applied entry and the batch; anything there is processed first, in stream order.
+
+A stream is consumed only while this consumer holds its lease (`streams/lease.py`): a second
+instance configured with the same symbol waits instead of splitting the stream's entries, and
+takes over, with the entries the first left pending, when the first stops or its lease expires.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import threading
@@ -28,10 +33,12 @@ from typing import TypeVar
 import redis
 from redis.exceptions import RedisClusterException
 
+from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
+from s2feature.streams.lease import LeaseLost, StreamLease
 from s2feature.streams.redis_io import AnyRedis, Entry, StreamIO, is_retryable
 
 log = logging.getLogger("s2feature.service")
@@ -70,13 +77,19 @@ class Service:
         self.stop = threading.Event()
         self.backoff = Backoff(self.stop)
         self.workers = {
-            s.stream_key: SeriesWorker(
-                settings, s, StreamIO(client, s, settings.group, settings.consumer), store, lake
-            )
+            s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake)
             for s in settings.series
         }
+        self.owned: set[str] = set()  # stream keys whose lease this consumer holds
+        self._lease_period_s = settings.claim_idle_ms / 3000  # renew 3 times per TTL
+        self._leases_checked_at = -math.inf
         self.emitted = 0
         self.batches = 0
+
+    def _stream_io(self, series: SeriesId) -> StreamIO:
+        s = self.settings
+        lease = StreamLease(self.client, series.symbol, s.consumer, s.claim_idle_ms)
+        return StreamIO(self.client, series, s.group, s.consumer, lease)
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,16 +98,79 @@ class Service:
     def start(self) -> None:
         for worker in self.workers.values():
             self.backoff.call("create group", worker.io.ensure_group)
-            how = self.backoff.call("restore", worker.restore)
-            claimed = self.backoff.call("claim", partial(worker.io.claim_all_pending, 0))
-            log.info("%s: restored (%s), claimed %d pending", worker.series.symbol, how, claimed)
-            self._drain_pending(worker)
+        self.keep_leases(force=True)
+
+    # -- ownership -----------------------------------------------------------------------------
+
+    def keep_leases(self, force: bool = False) -> None:
+        """Renew the leases this consumer holds and try to take the others, at most three times
+        per lease TTL (or now, with `force`)."""
+        if not self._leases_due(force):
+            return
+        self._renew_owned()
+        for key, worker in self.workers.items():
+            if key in self.owned:
+                continue
+            lease = worker.io.lease
+            if self.backoff.call("acquire lease", lease.acquire):
+                self._take_over(worker)
+            else:
+                holder = self.backoff.call("read lease", lease.holder)
+                log.warning(
+                    "%s: owned by consumer %s; waiting (at most %d ms after it stops renewing)",
+                    worker.series.symbol,
+                    holder,
+                    lease.ttl_ms,
+                )
+
+    def _leases_due(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if not force and now - self._leases_checked_at < self._lease_period_s:
+            return False
+        self._leases_checked_at = now
+        return True
+
+    def _renew_owned(self) -> None:
+        for worker in self._owned_workers():
+            if not self.backoff.call("renew lease", worker.io.lease.renew):
+                self._lose(worker, "its lease expired or was taken")
+
+    def _take_over(self, worker: SeriesWorker) -> None:
+        """The lease is ours: rebuild the state, claim what earlier owners left pending and
+        process it, oldest first."""
+        self.owned.add(worker.io.key)
+        how = self.backoff.call("restore", worker.restore)
+        claimed = self.backoff.call("claim", partial(worker.io.claim_all_pending, 0))
+        log.info("%s: restored (%s), claimed %d pending", worker.series.symbol, how, claimed)
+        self._guarded(worker, partial(self._drain_pending, worker))
+
+    def _lose(self, worker: SeriesWorker, why: str) -> None:
+        log.error(
+            "%s: no longer owned by this consumer (%s); its state is dropped and its unacked "
+            "entries are left to the owner",
+            worker.series.symbol,
+            why,
+        )
+        self.owned.discard(worker.io.key)
+        worker.forget()
+
+    def _guarded(self, worker: SeriesWorker, step: Callable[[], int]) -> int:
+        """Run a step of an owned stream; a checkpoint refused by the lease fence ends the
+        ownership instead of the service."""
+        try:
+            return step()
+        except LeaseLost as exc:
+            self._lose(worker, str(exc))
+            return 0
 
     def _drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
         """Process the entries this consumer holds unacked above `after_id`, oldest first, until
         none is left. Returns how many were read."""
         handled, cursor = 0, after_id
-        while not self.stop.is_set():
+        while not self.stop.is_set() and worker.io.key in self.owned:
+            if self._leases_due():
+                self._renew_owned()  # a long backlog must not outlast the lease
+                continue
             entries = self.backoff.call(
                 "read pending",
                 partial(worker.io.read_pending, self.settings.batch_size, cursor),
@@ -148,21 +224,43 @@ class Service:
 
     def flush_all(self, force: bool) -> None:
         """Checkpoint and ack what was committed: when due (idle rounds), or all of it (exit)."""
-        for worker in self.workers.values():
-            self.backoff.call("checkpoint and ack", partial(worker.flush, force))
+        for worker in self._owned_workers():
+            self._guarded(
+                worker,
+                partial(self.backoff.call, "checkpoint and ack", partial(worker.flush, force)),
+            )
+
+    def _owned_workers(self) -> list[SeriesWorker]:
+        return [w for key, w in self.workers.items() if key in self.owned]
 
     def run_once(self, block_ms: int | None = None) -> int:
-        """Read and process one batch of every stream. Returns the number of entries handled."""
+        """Read and process one batch of every owned stream. Returns the number of entries
+        handled."""
+        self.keep_leases()
         handled = 0
-        for worker in self.workers.values():
-            handled += self._consume_new(worker, None)
+        for worker in self._owned_workers():
+            handled += self._guarded(worker, partial(self._consume_new, worker, None))
         if handled == 0:
             # A steady input goes idle between batches: only checkpoint when one is due.
             self.flush_all(force=False)
         if handled == 0 and block_ms:
-            # Nothing anywhere: wait on the first stream (block) rather than spin.
-            handled += self._consume_new(next(iter(self.workers.values())), block_ms)
+            owned = self._owned_workers()
+            if owned:
+                # Nothing anywhere: wait on the first stream (block) rather than spin.
+                handled += self._guarded(owned[0], partial(self._consume_new, owned[0], block_ms))
+            else:
+                self.stop.wait(block_ms / 1000)  # waiting for a lease
         return handled
+
+    def release_leases(self) -> None:
+        """Hand the streams over at once on exit (best effort: an unreachable Redis lets the
+        leases expire instead)."""
+        for worker in self._owned_workers():
+            try:
+                worker.io.lease.release()
+            except (redis.RedisError, RedisClusterException) as exc:
+                log.warning("%s: lease not released (%s)", worker.series.symbol, exc)
+        self.owned.clear()
 
     def run(self, idle_exit_s: float | None = None) -> int:
         """Run until stopped (or, with `idle_exit_s`, until idle that long: burst mode)."""
@@ -177,5 +275,6 @@ class Service:
             self.flush_all(force=True)
         except Abandoned as exc:
             log.info("shutdown during %s: batch abandoned unacked", exc)
+        self.release_leases()
         log.info("stopped after %d batches, %d emits", self.batches, self.emitted)
         return 0

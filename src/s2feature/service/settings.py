@@ -40,7 +40,7 @@ class Settings:
     batch_size: int = 200
     block_ms: int = 200
     max_deliveries: int = 5
-    claim_idle_ms: int = 60_000
+    claim_idle_ms: int = 30_000  # stream lease TTL: a dead owner is replaced this much later
     checkpoint_ms: int = 1_000
     emit_maxlen: int = 100_000
     last_ttl_s: int = 900
@@ -100,6 +100,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise SettingsError(f"S2_CONFIG_FILE: {exc}") from None
     symbols = env.get("S2_SYMBOLS", "")
     block_ms = _positive_int(env, "S2_BLOCK_MS", 200)
+    claim_idle_ms = _positive_int(env, "S2_CLAIM_IDLE_MS", 30_000)
+    if block_ms * 3 >= claim_idle_ms:
+        # Stream leases are renewed between reads, three times per TTL.
+        raise SettingsError(
+            f"S2_BLOCK_MS: {block_ms} must be below a third of S2_CLAIM_IDLE_MS ({claim_idle_ms}),"
+            " or a blocked read would outlast the stream lease"
+        )
     return Settings(
         redis=RedisSettings(
             addresses=_addresses(env.get("S2_REDIS_ADDRESSES", "127.0.0.1:6379")),
@@ -116,6 +123,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         batch_size=min(_positive_int(env, "S2_BATCH_SIZE", 200), 200),
         block_ms=block_ms,
         max_deliveries=_positive_int(env, "S2_MAX_DELIVERIES", 5),
-        claim_idle_ms=_positive_int(env, "S2_CLAIM_IDLE_MS", 60_000),
+        claim_idle_ms=claim_idle_ms,
         checkpoint_ms=_positive_int(env, "S2_CHECKPOINT_MS", 1_000),
     )

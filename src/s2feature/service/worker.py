@@ -82,6 +82,12 @@ class SeriesWorker:
 
     # -- state ---------------------------------------------------------------------------------
 
+    def forget(self) -> None:
+        """Drop the in-memory state and everything not yet checkpointed (the stream was taken
+        over by another consumer: its entries stay pending for the new owner)."""
+        self._unacked, self._unlaked, self._unsaved_id = [], [], None
+        self._fresh_state()
+
     def restore(self) -> str:
         """Load the checkpoint, or warm up from the lake when there is none. Says which."""
         state = self.io.load_checkpoint()

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from s2feature.domain import SeriesId, window_index
 from s2feature.service.settings import RedisSettings
+
+if TYPE_CHECKING:  # lease.py imports this module
+    from s2feature.streams.lease import StreamLease
 
 AnyRedis = redis.Redis | RedisCluster
 Fields = dict[bytes | str, bytes | str]
@@ -96,12 +99,15 @@ def entry_id_tuple(entry_id: str) -> tuple[int, int]:
 class StreamIO:
     """Consumer-group reads and the outputs of one series."""
 
-    def __init__(self, client: AnyRedis, series: SeriesId, group: str, consumer: str) -> None:
+    def __init__(
+        self, client: AnyRedis, series: SeriesId, group: str, consumer: str, lease: StreamLease
+    ) -> None:
         self.client = client
         self.series = series
         self.key = series.stream_key
         self.group = group
         self.consumer = consumer
+        self.lease = lease
 
     def ensure_group(self) -> None:
         try:
@@ -111,10 +117,13 @@ class StreamIO:
                 raise
 
     def claim_all_pending(self, min_idle_ms: int) -> int:
-        """Take over entries other consumers of the group left pending (dead incarnations).
+        """Take over entries other consumers of the group left pending (called once the stream's
+        lease is ours, so their consumers are dead or gone).
 
         XPENDING + XCLAIM JUSTID rather than XAUTOCLAIM: a claim must not count as a delivery,
-        or a few restarts would push healthy entries over the dead-letter threshold.
+        or a few restarts would push healthy entries over the dead-letter threshold, and
+        redis-py's `xautoclaim(justid=True)` returns the claimed IDs without the cursor, so a
+        pending list longer than one page could not be walked.
         """
         claimed, start = 0, "-"
         while True:
@@ -222,7 +231,9 @@ class StreamIO:
         self.client.set(last_key(self.series.symbol), json.dumps(doc, allow_nan=False), ex=ttl_s)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        self.client.set(cache_key(self.series.symbol), json.dumps(state, allow_nan=False))
+        """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
+        writes nothing) when another one has taken it over."""
+        self.lease.fenced_set(cache_key(self.series.symbol), json.dumps(state, allow_nan=False))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         raw: Any = self.client.get(cache_key(self.series.symbol))
