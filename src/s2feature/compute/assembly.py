@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import FUT_ONLY_FEATURES, Bar, FeatureValue, SeriesId, Snapshot, interval_ms
+from s2feature.domain import (
+    FUT_ONLY_FEATURES,
+    INTERVAL_MS,
+    Bar,
+    FeatureValue,
+    SeriesId,
+    Snapshot,
+)
 from s2feature.dqc.verdict import assess, required_features
 
 
@@ -22,6 +29,10 @@ class SnapshotAssembler:
         self.enabled = enabled
         self.required = required_features(bundle, series.market)
         self.base_ms = bundle.base_ms
+        base_ms = bundle.base_ms
+        self._bases_per_window = {
+            w: ms // base_ms for w, ms in INTERVAL_MS.items() if ms >= base_ms and ms % base_ms == 0
+        }
 
     def snapshot(
         self,
@@ -41,7 +52,7 @@ class SnapshotAssembler:
             features=features,
             dqc=assess(features, jump_count, self.required, self.bundle),
             config_rev=self.bundle.rev,
-            bar_coverage=n_base / (interval_ms(window) // self.base_ms),
+            bar_coverage=n_base / self._bases_per_window[window],
             inputs_until=inputs_until,
             calc={"depth_top1_usdt": "split" if depth_split else "sum"},
         )
