@@ -28,7 +28,7 @@ from s2feature.service.settings import Settings, load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.redis_io import connect, last_key
 from tests.support import service_checks as checks
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, blocked_readers, wait_for
 from tests.support.service_checks import without_computed_at
 
 pytestmark = pytest.mark.redis
@@ -347,3 +347,36 @@ def test_entries_a_dead_consumer_left_pending_are_claimed_and_processed(service_
     assert client.xrange("feat:dlq:BTCUSDT") == []
     assert_outputs_match_recompute(env, client, ConfigBundle())
     assert len(BarLake(Path(env["S2_LAKE_DIR"])).read(SERIES.symbol)) == 1599
+
+
+def test_an_idle_service_wakes_for_an_entry_of_any_of_its_streams(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Two streams, nothing to read: the service blocks. An entry of the *second* stream must end
+    # the wait (one XREADGROUP over both streams), not wait for the first stream's block to end.
+    eth = SeriesId("binance", "fut", "ETHUSDT")
+    env = {
+        **env_for(redis_server, tmp_path),
+        "S2_SYMBOLS": "binance:fut:BTCUSDT,binance:fut:ETHUSDT",
+        "S2_BLOCK_MS": "30000",
+        "S2_CLAIM_IDLE_MS": "120000",  # the stream lease must outlast the blocked read
+    }
+    client = redis_server.client()
+    settings = load_settings(env)  # its own client: socket timeout longer than the block
+    store = SqliteStore(Path(env["S2_DB_SQLITE_PATH"]))
+    service = Service(settings, connect(settings.redis), store, BarLake(Path(env["S2_LAKE_DIR"])))
+    service.start()
+    entry = checks.input_entries(eth, checks.input_bars(eth, 1, seed=3), seed=3)[0]
+
+    def add_once_blocked() -> None:
+        wait_for(lambda: bool(blocked_readers(redis_server)), what="the service to block")
+        client.xadd(eth.stream_key, entry)  # type: ignore[arg-type]
+
+    producer = threading.Thread(target=add_once_blocked)
+    producer.start()
+    handled = service.run_once(block_ms=service.settings.block_ms)
+    producer.join()
+    service.flush_all(force=True)
+    store.close()
+    assert handled == 1
+    assert checks.pending_count(client, eth) == 0

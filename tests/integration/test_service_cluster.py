@@ -28,7 +28,13 @@ from s2feature.service.runner import Backoff, Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.redis_io import AnyRedis, cache_key, connect, events_key
-from tests.support.redis_servers import RedisClusterHarness, RedisServer, key_slot, wait_for
+from tests.support.redis_servers import (
+    RedisClusterHarness,
+    RedisServer,
+    blocked_readers,
+    key_slot,
+    wait_for,
+)
 from tests.support.service_checks import (
     StreamProgress,
     add_entries,
@@ -71,16 +77,6 @@ def asking_calls(node: RedisServer) -> int:
     """How many ASKING commands (sent before a command redirected by ASK) a node has served."""
     stats: Any = node.execute("INFO", "commandstats")
     return int(stats.get("cmdstat_asking", {}).get("calls", 0))
-
-
-def blocked_readers(node: RedisServer) -> list[str]:
-    """Client IDs of the connections a node holds blocked in XREADGROUP."""
-    ids = []
-    for line in node.execute("CLIENT", "LIST").decode().splitlines():
-        fields = dict(item.split("=", 1) for item in line.split())
-        if "b" in fields["flags"] and fields["cmd"] == "xreadgroup":
-            ids.append(fields["id"])
-    return ids
 
 
 class Background(threading.Thread):

@@ -626,6 +626,16 @@ class RedisClusterHarness:
         self.wait_until_ok()
 
 
+def blocked_readers(node: RedisServer) -> list[str]:
+    """Client IDs of the connections a server holds blocked in XREADGROUP."""
+    ids = []
+    for line in node.execute("CLIENT", "LIST").decode().splitlines():
+        fields = dict(item.split("=", 1) for item in line.split())
+        if "b" in fields["flags"] and fields["cmd"] == "xreadgroup":
+            ids.append(fields["id"])
+    return ids
+
+
 def wait_for(
     condition: Callable[[], bool], *, timeout_s: float = 30.0, what: str = "condition"
 ) -> None:

@@ -31,6 +31,7 @@ from functools import partial
 from typing import TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from s2feature.domain import SeriesId
@@ -39,7 +40,13 @@ from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
 from s2feature.streams.lease import LeaseLost, StreamLease
-from s2feature.streams.redis_io import AnyRedis, Entry, StreamIO, is_retryable
+from s2feature.streams.redis_io import (
+    AnyRedis,
+    Entry,
+    StreamIO,
+    is_retryable,
+    read_new_of_any,
+)
 
 log = logging.getLogger("s2feature.service")
 T = TypeVar("T")
@@ -187,15 +194,41 @@ class Service:
         return handled
 
     def _consume_new(self, worker: SeriesWorker, block_ms: int | None) -> int:
-        """Read one batch of new entries of a stream and process it; returns how many were read.
+        """Read one batch of new entries of a stream and process it; returns how many were read."""
+        entries = self.backoff.call(
+            "read", partial(worker.io.read, self.settings.batch_size, block_ms, False)
+        )
+        return self._apply_new(worker, entries)
+
+    def _wait_for_any(self, owned: list[SeriesWorker], block_ms: int) -> int:
+        """Nothing anywhere: block until some owned stream has new entries, and process them.
+
+        On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
+        wakes the service at once. A cluster cannot serve a read across slots: there the wait is
+        on the first stream only, and entries of the others are picked up when it returns (at
+        most `S2_BLOCK_MS` later).
+        """
+        client = self.client
+        if isinstance(client, RedisCluster) or len(owned) == 1:
+            return self._guarded(owned[0], partial(self._consume_new, owned[0], block_ms))
+        s = self.settings
+        keys = [w.io.key for w in owned]
+        read = partial(read_new_of_any, client, s.group, s.consumer, keys, s.batch_size, block_ms)
+        batches = self.backoff.call("read", read)
+        handled = 0
+        for worker in owned:
+            entries = batches.get(worker.io.key)
+            if entries:
+                handled += self._guarded(worker, partial(self._apply_new, worker, entries))
+        return handled
+
+    def _apply_new(self, worker: SeriesWorker, entries: list[Entry]) -> int:
+        """Process a batch of new entries of a stream; returns how many were read.
 
         Entries an earlier read delivered without the reply reaching us come first (see the
         module docstring): the batch is then dropped unprocessed and read again, in order, with
         them from the pending list.
         """
-        entries = self.backoff.call(
-            "read", partial(worker.io.read, self.settings.batch_size, block_ms, False)
-        )
         ms, seq = worker.applied
         applied = f"{ms}-{seq}"
         first = entries[0][0] if entries else None
@@ -246,8 +279,7 @@ class Service:
         if handled == 0 and block_ms:
             owned = self._owned_workers()
             if owned:
-                # Nothing anywhere: wait on the first stream (block) rather than spin.
-                handled += self._guarded(owned[0], partial(self._consume_new, owned[0], block_ms))
+                handled += self._wait_for_any(owned, block_ms)
             else:
                 self.stop.wait(block_ms / 1000)  # waiting for a lease
         return handled

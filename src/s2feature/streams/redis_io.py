@@ -169,13 +169,7 @@ class StreamIO:
         reply: Any = self.client.xreadgroup(
             self.group, self.consumer, {self.key: from_id}, count=count, block=block_ms
         )
-        out: list[Entry] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                if fields is None:  # trimmed away while pending: nothing left to process
-                    fields = {}
-                out.append((_decode(entry_id), fields))
-        return out
+        return _entries_by_stream(reply).get(self.key, [])
 
     def delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
@@ -238,6 +232,28 @@ class StreamIO:
     def load_checkpoint(self) -> dict[str, Any] | None:
         raw: Any = self.client.get(cache_key(self.series.symbol))
         return None if raw is None else dict(json.loads(raw))
+
+
+def read_new_of_any(
+    client: redis.Redis, group: str, consumer: str, keys: Sequence[str], count: int, block_ms: int
+) -> dict[str, list[Entry]]:
+    """One blocking `XREADGROUP` over several streams of one standalone server: returns as soon
+    as any of them has new entries (at most `count` per stream), keyed by stream."""
+    reply: Any = client.xreadgroup(
+        group, consumer, dict.fromkeys(keys, ">"), count=count, block=block_ms
+    )
+    return _entries_by_stream(reply)
+
+
+def _entries_by_stream(reply: Any) -> dict[str, list[Entry]]:
+    out: dict[str, list[Entry]] = {}
+    for stream, entries in reply or []:
+        out[_decode(stream)] = [
+            # No fields: trimmed away while pending, nothing left to process.
+            (_decode(entry_id), {} if fields is None else fields)
+            for entry_id, fields in entries
+        ]
+    return out
 
 
 def _decode(value: bytes | str) -> str:
