@@ -4,6 +4,7 @@ lake and with the batch engine, replays idempotent, DQC routing, kill -9 recover
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,7 +27,8 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.redis_io import connect, last_key
+from s2feature.streams.redis_io import StreamIO, connect, last_key
+from s2feature.strict_json import NonFiniteError
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 from tests.support.service_checks import without_computed_at
@@ -337,3 +339,17 @@ def test_entries_a_dead_consumer_left_pending_are_claimed_and_processed(service_
     assert client.xrange("feat:dlq:BTCUSDT") == []
     assert_outputs_match_recompute(env, client, ConfigBundle())
     assert len(BarLake(Path(env["S2_LAKE_DIR"])).read(SERIES.symbol)) == 1599
+
+
+def test_no_output_writer_lets_a_non_finite_value_through(redis_server: RedisServer) -> None:
+    """msgspec would write NaN as null: every writer refuses it instead, and writes nothing."""
+    client = redis_server.client()
+    io = StreamIO(client, SERIES, "s2", "test-consumer")
+    poisoned = {"t0": 60_000 - 1, "features": {"atr_14": 1.5, "rv_4h": math.nan}}
+    with pytest.raises(NonFiniteError, match=r"\.features\.rv_4h"):
+        io.emit([(60_000 - 1, "1m", {"ok": 1.0}), (60_000 - 1, "5m", poisoned)], 1000)
+    with pytest.raises(NonFiniteError):
+        io.set_last({"t0": 1, "windows": {"1m": poisoned}}, 60)
+    with pytest.raises(NonFiniteError):
+        io.save_checkpoint({"engine": {"mids": [1.0] * 100 + [math.inf]}})
+    assert client.keys("feat:*") == []

@@ -14,13 +14,13 @@ rejected the same way everywhere, and before anything of its batch is written.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
+from s2feature import strict_json
 from s2feature.domain import WINDOWS
 
 SIGNALS: Final = "signals"
@@ -161,7 +161,7 @@ class EventRow:
 def encode_json(doc: Mapping[str, Any], what: str) -> str:
     """Compact JSON of a document; StoreError naming `what` and the path of a bad value."""
     try:
-        return json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        return strict_json.encode(doc).decode()
     except (ValueError, TypeError) as e:
         path = _find_unstorable(doc, "")
         where = f" at {path}" if path else ""
@@ -176,7 +176,7 @@ def _find_unstorable(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if key is not None and not isinstance(key, str | int | float | bool):
+            if not isinstance(key, str | int | float) or isinstance(key, bool):
                 return f"{path}.{key!r}"
             found = _find_unstorable(item, f"{path}.{key}")
             if found is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from s2feature import strict_json
 from s2feature.domain import SeriesId, window_index
 from s2feature.service.settings import RedisSettings
 
@@ -204,7 +205,7 @@ class StreamIO:
         for t0, window, payload in items:
             pipe.xadd(
                 key,
-                {"data": json.dumps(payload, allow_nan=False)},
+                {"data": strict_json.encode(payload)},
                 id=f"{t0}-{window_index(window)}",
                 maxlen=maxlen,
                 approximate=True,
@@ -219,10 +220,10 @@ class StreamIO:
         return new
 
     def set_last(self, doc: Mapping[str, Any], ttl_s: int) -> None:
-        self.client.set(last_key(self.series.symbol), json.dumps(doc, allow_nan=False), ex=ttl_s)
+        self.client.set(last_key(self.series.symbol), strict_json.encode(doc), ex=ttl_s)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        self.client.set(cache_key(self.series.symbol), json.dumps(state, allow_nan=False))
+        self.client.set(cache_key(self.series.symbol), strict_json.encode(state))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         raw: Any = self.client.get(cache_key(self.series.symbol))
