@@ -17,8 +17,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
 from s2feature import strict_json
 from s2feature.domain import WINDOWS
@@ -134,27 +133,25 @@ def recompute_event_id(task_id: str) -> str:
 # --------------------------------------------------------------------------- documents
 
 
-@dataclass(frozen=True, slots=True)
-class SignalRow:
+class SignalRow(NamedTuple):
     """A checked signal document with its indexed columns and its JSON text."""
 
     signal_id: str
     symbol: str
     window: str
     t0: int
-    doc: dict[str, Any]
+    doc: Mapping[str, Any]
     json_text: str
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     """A checked strategy event with its indexed columns and its JSON text."""
 
     event_id: str
     kind: str
     symbol: str | None
     ts: int
-    doc: dict[str, Any]
+    doc: Mapping[str, Any]
     json_text: str
 
 
@@ -212,10 +209,8 @@ def _check_reserved(doc: Mapping[str, Any], what: str) -> None:
         raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
 
 
-def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
-    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
-    raw_id = doc.get("signal_id")
-    what = f"signal {raw_id!r}"
+def _check_signal(doc: Mapping[str, Any], what: str) -> tuple[str, str, str, int]:
+    """Every rule of a signal document, each failure with its own message; the key columns."""
     signal_id = _require_str(doc, "signal_id", what)
     if not is_valid_key(signal_id):
         raise StoreError(f"{what}: not a valid document key")
@@ -227,8 +222,34 @@ def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
     if signal_id != f"{symbol}:{window}:{t0}":
         raise StoreError(f"{what}: signal_id must be '<symbol>:<window>:<t0>'")
     _check_reserved(doc, what)
-    text = encode_json(doc, what)
-    return SignalRow(signal_id, symbol, window, t0, dict(doc), text)
+    return signal_id, symbol, window, t0
+
+
+def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
+    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
+    signal_id, symbol, window, t0 = (
+        doc.get("signal_id"),
+        doc.get("symbol"),
+        doc.get("window"),
+        doc.get("t0"),
+    )
+    what = f"signal {signal_id!r}"
+    # Every payload of the service passes this one expression, which implies every rule of
+    # `_check_signal`; anything else (an error, or an unusual but valid document such as one
+    # with an int subclass for t0) goes through the rule-by-rule check.
+    if (
+        type(signal_id) is str
+        and type(symbol) is str
+        and type(window) is str
+        and type(t0) is int
+        and symbol
+        and window in WINDOWS
+        and signal_id == f"{symbol}:{window}:{t0}"
+        and is_valid_key(signal_id)
+        and RESERVED_FIELDS.isdisjoint(doc)
+    ):
+        return SignalRow(signal_id, symbol, window, t0, doc, encode_json(doc, what))
+    return SignalRow(*_check_signal(doc, what), doc, encode_json(doc, what))
 
 
 def prepare_event(doc: Mapping[str, Any]) -> EventRow:
@@ -245,8 +266,7 @@ def prepare_event(doc: Mapping[str, Any]) -> EventRow:
         raise StoreError(f"{what}: field 'symbol' must be a string or null, got {symbol!r}")
     ts = _require_int(doc, "ts", what)
     _check_reserved(doc, what)
-    text = encode_json(doc, what)
-    return EventRow(event_id, kind, symbol, ts, dict(doc), text)
+    return EventRow(event_id, kind, symbol, ts, doc, encode_json(doc, what))
 
 
 def prepare_signals(docs: Sequence[Mapping[str, Any]]) -> list[SignalRow]:
