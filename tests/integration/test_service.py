@@ -21,11 +21,14 @@ import numpy as np
 import pytest
 import redis
 
+from s2feature.compute.engine import SymbolEngine
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import SeriesId
+from s2feature.domain import Bar, Dqc, SeriesId, Snapshot
 from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, load_settings
+from s2feature.service.worker import SeriesWorker
+from s2feature.store.base import StoreError
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.redis_io import StreamIO, connect, last_key
 from s2feature.strict_json import NonFiniteError
@@ -341,15 +344,33 @@ def test_entries_a_dead_consumer_left_pending_are_claimed_and_processed(service_
     assert len(BarLake(Path(env["S2_LAKE_DIR"])).read(SERIES.symbol)) == 1599
 
 
-def test_no_output_writer_lets_a_non_finite_value_through(redis_server: RedisServer) -> None:
-    """msgspec would write NaN as null: every writer refuses it instead, and writes nothing."""
+class PoisonedEngine(SymbolEngine):
+    """An engine with a bug: its snapshots pass DQC but carry a NaN feature."""
+
+    def on_base_bar(self, bar: Bar) -> list[Snapshot]:
+        return [
+            replace(snap, features={**snap.features, "rv_4h": math.nan}, dqc=Dqc())
+            for snap in super().on_base_bar(bar)
+        ]
+
+
+def test_a_non_finite_feature_fails_its_batch_before_any_output(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """msgspec would write NaN as null: the batch fails instead, and nothing is written."""
+    settings = load_settings(env_for(redis_server, tmp_path))
     client = redis_server.client()
-    io = StreamIO(client, SERIES, "s2", "test-consumer")
-    poisoned = {"t0": 60_000 - 1, "features": {"atr_14": 1.5, "rv_4h": math.nan}}
-    with pytest.raises(NonFiniteError, match=r"\.features\.rv_4h"):
-        io.emit([(60_000 - 1, "1m", {"ok": 1.0}), (60_000 - 1, "5m", poisoned)], 1000)
+    io = StreamIO(client, SERIES, settings.group, settings.consumer)
+    store = SqliteStore(tmp_path / "s2.db")
+    worker = SeriesWorker(settings, SERIES, io, store, BarLake(tmp_path / "lake"))
+    worker.engine = PoisonedEngine(SERIES, settings.windows, settings.bundle)
+    entries = [(f"{i + 1}-0", fields) for i, fields in enumerate(input_entries(3))]
+    with pytest.raises(StoreError, match=r"features\.rv_4h"):
+        worker.commit(worker.compute(entries))  # type: ignore[arg-type]
+    assert store.count_signals() == 0
+    store.close()
     with pytest.raises(NonFiniteError):
-        io.set_last({"t0": 1, "windows": {"1m": poisoned}}, 60)
+        io.set_last({"t0": 1, "windows": {"1m": {"features": {"rv_4h": math.nan}}}}, 60)
     with pytest.raises(NonFiniteError):
         io.save_checkpoint({"engine": {"mids": [1.0] * 100 + [math.inf]}})
     assert client.keys("feat:*") == []

@@ -26,7 +26,7 @@ from s2feature.domain import Bar, SeriesId, Snapshot
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
-from s2feature.store.base import Store, dqc_fail_event_id
+from s2feature.store.base import SignalRow, Store, dqc_fail_event_id, prepare_signal
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
 CHECKPOINT_VERSION = 1
@@ -35,9 +35,9 @@ CHECKPOINT_VERSION = 1
 @dataclass
 class BatchOutputs:
     bars: list[Bar] = field(default_factory=list)
-    signals: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[SignalRow] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    emits: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    emits: list[tuple[int, str, str]] = field(default_factory=list)  # (t0, window, JSON text)
     dead: list[tuple[str, Fields, tuple[str, ...]]] = field(default_factory=list)
     ack_ids: list[str] = field(default_factory=list)
     last_id: str | None = None  # newest entry whose effects the state now holds
@@ -144,11 +144,14 @@ class SeriesWorker:
         out.snapshots += 1
         payload = snap.to_payload("realtime", int(time.time() * 1000))
         store, emit = routing(snap, realtime, persist_all)
-        if store:
-            out.signals.append(payload)
-        if emit:
-            out.emits.append((snap.t0, snap.window, payload))
-            self.latest[snap.window] = payload
+        if store or emit:
+            # Checked and encoded once: the stored document and the emitted `data` are one text.
+            row = prepare_signal(payload)
+            if store:
+                out.signals.append(row)
+            if emit:
+                out.emits.append((snap.t0, snap.window, row.json_text))
+                self.latest[snap.window] = payload
         if not snap.dqc.passed:
             out.events.append(
                 {

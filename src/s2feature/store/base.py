@@ -8,7 +8,9 @@ driver error kept as `__cause__`):
 
 Both backends run every batch through `prepare_signals` / `prepare_events` before writing, so a
 document the store cannot hold exactly (NaN, infinities, a missing key field, a reserved field) is
-rejected the same way everywhere, and before anything of its batch is written.
+rejected the same way everywhere, and before anything of its batch is written. A signal may also
+be handed over as the `SignalRow` that `prepare_signal` made of it: the service prepares each
+payload once and emits the same JSON text it stores.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class Store(Protocol):
 
     name: str
 
-    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
-        """Replace-or-insert snapshot payloads keyed by `signal_id`, as one batch."""
+    def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
+        """Replace-or-insert snapshot payloads keyed by `signal_id`, as one batch. A payload may
+        come as the `SignalRow` that `prepare_signal` made of it."""
 
     def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
         """Replace-or-insert strategy events keyed by `event_id`, as one batch."""
@@ -142,6 +145,10 @@ class SignalRow(NamedTuple):
     t0: int
     doc: Mapping[str, Any]
     json_text: str
+
+
+# A snapshot payload, or the row `prepare_signal` made of it.
+SignalDoc = Mapping[str, Any] | SignalRow
 
 
 class EventRow(NamedTuple):
@@ -269,9 +276,9 @@ def prepare_event(doc: Mapping[str, Any]) -> EventRow:
     return EventRow(event_id, kind, symbol, ts, doc, encode_json(doc, what))
 
 
-def prepare_signals(docs: Sequence[Mapping[str, Any]]) -> list[SignalRow]:
-    """Check a whole batch before any of it is written."""
-    return [prepare_signal(doc) for doc in docs]
+def prepare_signals(docs: Sequence[SignalDoc]) -> list[SignalRow]:
+    """Check a whole batch before any of it is written (rows are already checked)."""
+    return [doc if isinstance(doc, SignalRow) else prepare_signal(doc) for doc in docs]
 
 
 def prepare_events(docs: Sequence[Mapping[str, Any]]) -> list[EventRow]:

@@ -193,19 +193,20 @@ class StreamIO:
             if "equal or smaller" not in str(exc):
                 raise
 
-    def emit(self, items: Sequence[tuple[int, str, Mapping[str, Any]]], maxlen: int) -> int:
-        """XADD each `(t0, window, payload)` with the explicit ID `<t0>-<k>`, pipelined (one
-        round trip). Returns how many were new: an ID Redis already has is a replay, rejected by
-        Redis and counted as already emitted. Any other error fails the whole call, which the
-        caller retries (the emits that landed are then rejected as replays)."""
+    def emit(self, items: Sequence[tuple[int, str, str | bytes]], maxlen: int) -> int:
+        """XADD each `(t0, window, data)` — `data` the payload's JSON text, as stored — with the
+        explicit ID `<t0>-<k>`, pipelined (one round trip). Returns how many were new: an ID
+        Redis already has is a replay, rejected by Redis and counted as already emitted. Any
+        other error fails the whole call, which the caller retries (the emits that landed are
+        then rejected as replays)."""
         if not items:
             return 0
         key = events_key(self.series.symbol)
         pipe = self.client.pipeline(transaction=False)
-        for t0, window, payload in items:
+        for t0, window, data in items:
             pipe.xadd(
                 key,
-                {"data": strict_json.encode(payload)},
+                {"data": data},
                 id=f"{t0}-{window_index(window)}",
                 maxlen=maxlen,
                 approximate=True,
