@@ -17,7 +17,7 @@ from s2feature.ingest.assembler import BaseBarAssembler
 from s2feature.ingest.decode import decode_entry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per entry, and a frozen init costs 3x more
 class IngestOutcome:
     """What one entry did: the base bars it finalised, or why it was dropped.
 
@@ -57,7 +57,9 @@ class StreamIngestor:
 
     def on_event(self, event: MarketEvent) -> IngestOutcome:
         """Process one decoded event (the entry path after decoding)."""
-        if event == self._last_event:
+        last = self._last_event
+        # (`ts` first: the full comparison builds two tuples of every field)
+        if last is not None and event.ts == last.ts and event == last:
             # A repeated publication of the same observation: taking it again would double its
             # weight in the jump window and its jump count, so it is absorbed (idempotent).
             return IngestOutcome(event=event, duplicate=True)
@@ -67,7 +69,7 @@ class StreamIngestor:
         jumped = self._jumps.check_and_add(event.mid)
         bars = self._assembler.on_event(event, jumped)
         self._last_event = event
-        return IngestOutcome(bars=bars, jumped=jumped, event=event)
+        return IngestOutcome(bars, None, jumped, event)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of the whole stream."""
