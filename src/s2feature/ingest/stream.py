@@ -50,7 +50,11 @@ class StreamIngestor:
 
     def on_entry(self, fields: Mapping[bytes | str, bytes | str]) -> IngestOutcome:
         """Process one raw stream entry; never raises for bad input."""
-        decoded = decode_entry(fields)
+        return self.on_decoded(decode_entry(fields))
+
+    def on_decoded(self, decoded: MarketEvent | Rejected) -> IngestOutcome:
+        """Process what `decode_entry` made of the next entry (decoding is pure, so a caller may
+        decode a whole batch first)."""
         if isinstance(decoded, Rejected):
             return IngestOutcome(rejected=decoded)
         return self.on_event(decoded)

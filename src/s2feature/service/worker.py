@@ -23,6 +23,7 @@ from typing import Any
 
 from s2feature.compute.engine import SymbolEngine
 from s2feature.domain import Bar, SeriesId, Snapshot
+from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
@@ -136,7 +137,9 @@ class SeriesWorker:
     ) -> list[Bar]:
         """Register every entry for the ack, apply the new ones; the new base bars, in order.
         Dead letters are added in entry order (their stream reuses the entry IDs)."""
-        for entry_id, fields in entries:
+        # Decoding is pure: the whole batch at once, for the same reason as the stages.
+        decoded = [decode_entry(fields) for _, fields in entries]
+        for (entry_id, fields), event in zip(entries, decoded, strict=True):
             out.ack_ids.append(entry_id)
             position = entry_id_tuple(entry_id)
             if position <= self.applied:
@@ -146,7 +149,7 @@ class SeriesWorker:
             if deliveries and deliveries.get(entry_id, 0) > self.settings.max_deliveries:
                 out.dead.append((entry_id, dict(fields), ("delivery:too_many_attempts",)))
                 continue
-            outcome = self.ingestor.on_entry(fields)
+            outcome = self.ingestor.on_decoded(event)
             if outcome.rejected is not None:
                 out.events.append(self._dropped_event(entry_id, outcome.rejected.reasons))
                 if outcome.rejected.category == "unreadable":
