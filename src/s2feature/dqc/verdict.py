@@ -7,6 +7,7 @@ machine-readable reasons (`missing:<feature>`, `jump:<n>_flagged_events`, `bound
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import FUT_ONLY_FEATURES, Dqc, FeatureValue, Market
@@ -20,6 +21,10 @@ def required_features(bundle: ConfigBundle, market: Market) -> tuple[str, ...]:
     return required
 
 
+# Most snapshots pass: they share this verdict (a frozen value) instead of building their own.
+_PASSED: Final = Dqc()
+
+
 def assess(
     features: Mapping[str, FeatureValue],
     jump_count: int,
@@ -27,12 +32,18 @@ def assess(
     bundle: ConfigBundle,
 ) -> Dqc:
     null_required = [name for name in required if features.get(name) is None]
+    bounds_reasons = _bounds(features, bundle)
+    if not null_required and jump_count <= 0 and not bounds_reasons:
+        return _PASSED
+    return _failed(null_required, jump_count, bounds_reasons)
+
+
+def _failed(null_required: list[str], jump_count: int, bounds_reasons: list[str]) -> Dqc:
     reasons = [f"missing:{name}" for name in null_required]
     missing = bool(null_required)
     jump = jump_count > 0
     if jump:
         reasons.append(f"jump:{jump_count}_flagged_events")
-    bounds_reasons = _bounds(features, bundle)
     reasons.extend(bounds_reasons)
     notes = []
     if missing:
