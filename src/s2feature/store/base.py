@@ -97,11 +97,8 @@ class Store(Protocol):
 
 def is_valid_key(key: str) -> bool:
     """Whether `key` is usable as a document key on every backend (ArangoDB `_key` rules)."""
-    return (
-        bool(key)
-        and len(key.encode("utf-8")) <= KEY_MAX_BYTES
-        and _KEY_PATTERN.fullmatch(key) is not None
-    )
+    # The pattern admits ASCII only, so a matching key has as many bytes as characters.
+    return len(key) <= KEY_MAX_BYTES and _KEY_PATTERN.fullmatch(key) is not None
 
 
 def sanitize_key(text: str, prefix: str = "") -> str:
