@@ -137,15 +137,15 @@ class SeriesWorker:
     ) -> list[Bar]:
         """Register every entry for the ack, apply the new ones; the new base bars, in order.
         Dead letters are added in entry order (their stream reuses the entry IDs)."""
+        out.ack_ids.extend(entry_id for entry_id, _ in entries)
+        fresh = self._not_applied(entries)
+        if not fresh:
+            return out.bars
+        out.last_id = fresh[-1][0]
+        self.applied = entry_id_tuple(out.last_id)
         # Decoding is pure: the whole batch at once, for the same reason as the stages.
-        decoded = [decode_entry(fields) for _, fields in entries]
-        for (entry_id, fields), event in zip(entries, decoded, strict=True):
-            out.ack_ids.append(entry_id)
-            position = entry_id_tuple(entry_id)
-            if position <= self.applied:
-                continue  # written before a crash; only its ack was lost
-            self.applied = position
-            out.last_id = entry_id
+        decoded = [decode_entry(fields) for _, fields in fresh]
+        for (entry_id, fields), event in zip(fresh, decoded, strict=True):
             if deliveries and deliveries.get(entry_id, 0) > self.settings.max_deliveries:
                 out.dead.append((entry_id, dict(fields), ("delivery:too_many_attempts",)))
                 continue
@@ -186,6 +186,15 @@ class SeriesWorker:
                     "config_rev": snap.config_rev,
                 }
             )
+
+    def _not_applied(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """The entries after the last applied one. Entries come in stream order, so those
+        applied before a crash (only their ack was lost) can only lead the batch: the IDs are
+        compared until the first new one, not for every entry."""
+        start = 0
+        while start < len(entries) and entry_id_tuple(entries[start][0]) <= self.applied:
+            start += 1
+        return entries[start:]
 
     def _dropped_event(self, entry_id: str, reasons: tuple[str, ...]) -> dict[str, Any]:
         return {
