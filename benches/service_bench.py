@@ -72,9 +72,10 @@ MINUTE_MS = 60_000
 # (label, module file, functions): the steps of the service loop, for the `--profile` breakdown.
 PROFILE_STEPS = (
     ("XREADGROUP + reply parsing (and idle blocking)", "redis_io.py", ("read",)),
-    ("decode, DQC checks, bar assembly", "stream.py", ("on_entry",)),
+    ("decode, DQC checks, bar assembly", "worker.py", ("_ingest",)),
     ("features (SymbolEngine.on_base_bar)", "engine.py", ("on_base_bar",)),
-    ("snapshot payloads", "domain.py", ("to_payload",)),
+    ("routing: payloads, store checks, JSON (once)", "worker.py", ("_route",)),
+    ("  of which snapshot payloads", "domain.py", ("to_payload",)),
     ("lake append (a Parquet part + 2 fsyncs per call)", "parquet.py", ("append",)),
     ("  of which part compaction", "parquet.py", ("_compact_locked",)),
     ("store upserts (SQLite)", "sqlite.py", ("upsert_signals", "upsert_strategy_events")),

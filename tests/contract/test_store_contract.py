@@ -30,6 +30,7 @@ from s2feature.store import (
     open_store,
     recompute_event_id,
 )
+from s2feature.store.base import prepare_signal
 
 ARANGO_URL = os.environ.get("S2_TEST_ARANGO_URL", "")
 ARANGO_USER = os.environ.get("S2_TEST_ARANGO_USER", "root")
@@ -169,6 +170,13 @@ def test_upsert_then_get_round_trips_exactly(store: Store) -> None:
     )
     store.upsert_signals([doc])
     assert store.get_signal(doc["signal_id"]) == doc
+
+
+def test_a_prepared_row_is_stored_as_its_document(store: Store) -> None:
+    # The service prepares each payload once (checked, encoded) and hands over the row.
+    doc, plain = signal(t0=DAY_END - HOUR), signal()
+    store.upsert_signals([prepare_signal(doc), plain])
+    assert store.query_signals("BTCUSDT") == [doc, plain]
 
 
 def test_get_of_an_unknown_signal_is_none(store: Store) -> None:

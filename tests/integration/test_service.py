@@ -4,6 +4,7 @@ lake and with the batch engine, replays idempotent, DQC routing, kill -9 recover
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -20,13 +21,18 @@ import numpy as np
 import pytest
 import redis
 
+from s2feature.compute.engine import SymbolEngine
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import SeriesId
+from s2feature.domain import Bar, Dqc, SeriesId, Snapshot
 from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, load_settings
+from s2feature.service.worker import SeriesWorker
+from s2feature.store.base import StoreError
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.redis_io import connect, last_key
+from s2feature.streams.lease import StreamLease
+from s2feature.streams.redis_io import StreamIO, connect, last_key
+from s2feature.strict_json import NonFiniteError
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer, blocked_readers, wait_for
 from tests.support.service_checks import without_computed_at
@@ -380,3 +386,36 @@ def test_an_idle_service_wakes_for_an_entry_of_any_of_its_streams(
     store.close()
     assert handled == 1
     assert checks.pending_count(client, eth) == 0
+
+
+class PoisonedEngine(SymbolEngine):
+    """An engine with a bug: its snapshots pass DQC but carry a NaN feature."""
+
+    def on_base_bar(self, bar: Bar) -> list[Snapshot]:
+        return [
+            replace(snap, features={**snap.features, "rv_4h": math.nan}, dqc=Dqc())
+            for snap in super().on_base_bar(bar)
+        ]
+
+
+def test_a_non_finite_feature_fails_its_batch_before_any_output(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """msgspec would write NaN as null: the batch fails instead, and nothing is written."""
+    settings = load_settings(env_for(redis_server, tmp_path))
+    client = redis_server.client()
+    lease = StreamLease(client, SERIES.symbol, settings.consumer, settings.claim_idle_ms)
+    io = StreamIO(client, SERIES, settings.group, settings.consumer, lease)
+    store = SqliteStore(tmp_path / "s2.db")
+    worker = SeriesWorker(settings, SERIES, io, store, BarLake(tmp_path / "lake"))
+    worker.engine = PoisonedEngine(SERIES, settings.windows, settings.bundle)
+    entries = [(f"{i + 1}-0", fields) for i, fields in enumerate(input_entries(3))]
+    with pytest.raises(StoreError, match=r"features\.rv_4h"):
+        worker.commit(worker.compute(entries))  # type: ignore[arg-type]
+    assert store.count_signals() == 0
+    store.close()
+    with pytest.raises(NonFiniteError):
+        io.set_last({"t0": 1, "windows": {"1m": {"features": {"rv_4h": math.nan}}}}, 60)
+    with pytest.raises(NonFiniteError):
+        io.save_checkpoint({"engine": {"mids": [1.0] * 100 + [math.inf]}})
+    assert client.keys("feat:*") == []

@@ -7,6 +7,7 @@ building, response parsing and error translation all run the real driver code.
 
 from __future__ import annotations
 
+import enum
 import json
 import multiprocessing
 import socket
@@ -47,6 +48,7 @@ from s2feature.store.arango import (
     to_arango_document,
     translate_arango_errors,
 )
+from s2feature.store.base import prepare_signal
 from s2feature.store.sqlite import translate_sqlite_errors
 
 T0 = 1_735_689_599_999
@@ -155,6 +157,17 @@ def test_arango_document_carries_the_key_and_comes_back_without_system_fields() 
     assert "_key" not in doc  # the caller's payload is not modified
     stored = {**sent, "_id": f"signals/{SIGNAL_ID}", "_rev": "_hV2oH9y---"}
     assert from_arango_document(stored) == doc
+
+
+class Minute(enum.IntEnum):
+    END = 60_000 - 1
+
+
+def test_a_valid_signal_of_unusual_types_is_prepared_like_the_plain_one() -> None:
+    # An int subclass for t0 misses the fast check of a service payload but obeys every rule.
+    plain = {**signal_doc(), "t0": 59_999, "window": "1m", "signal_id": "BTCUSDT:1m:59999"}
+    unusual = {**plain, "t0": Minute.END}
+    assert prepare_signal(unusual) == prepare_signal(plain)._replace(doc=unusual)
 
 
 # --------------------------------------------------------------------------- ArangoDB error mapping

@@ -124,8 +124,9 @@ class JumpDetector:
     level holds the majority of the window, instead of being flagged forever against a history
     that only ever holds the old level.
 
-    Per event: an O(log K) bisect into a sorted copy of the window (plus an O(K) memmove), and an
-    O(log K) selection of the MAD from the two sorted halves of the deviations; no numpy.
+    Per event: an O(log K) bisect into a sorted copy of the window (plus an O(K) memmove), and,
+    unless an O(1) lower bound of the MAD already clears the mid, an O(log K) selection of the
+    MAD from the two sorted halves of the deviations; no numpy.
     Mids must be finite (the decoder guarantees it).
     """
 
@@ -142,21 +143,39 @@ class JumpDetector:
         if not math.isfinite(mid):
             raise ValueError(f"mid must be finite, got {mid}")
         flagged = False
-        if len(self._window) >= self._lookback:
-            median, mad = self._median_and_mad()
-            limit = self._scale * max(mad, self._mad_floor_ratio * median)
-            flagged = abs(mid - median) > limit
-            oldest = self._window.popleft()
-            del self._sorted[bisect_left(self._sorted, oldest)]
-        self._window.append(mid)
-        insort(self._sorted, mid)
+        window, ordered = self._window, self._sorted
+        if len(window) >= self._lookback:
+            flagged = self._is_jump(mid)
+            del ordered[bisect_left(ordered, window.popleft())]
+        window.append(mid)
+        insort(ordered, mid)
         return flagged
 
-    def _median_and_mad(self) -> tuple[float, float]:
+    def _is_jump(self, mid: float) -> bool:
         values = self._sorted
         n = len(values)
         half = n // 2
         median = values[half] if n % 2 else (values[half - 1] + values[half]) / 2
+        distance = abs(mid - median)
+        floor = self._mad_floor_ratio * median
+        # Most mids lie well inside the limit, and a lower bound of the MAD settles them without
+        # the exact MAD. The MAD is (for even n, the mean of it and the next deviation) the
+        # `take`-th smallest of the deviations, which form two ascending runs (see `_mad`);
+        # fewer than `take` deviations are below the m-th of both runs, m = ceil(take / 2), so
+        # the MAD is at least the smaller of the two. The same float operations as the exact
+        # path give the same deviations, so the bound never changes a flag.
+        take = n - half
+        m = (take + 1) // 2
+        if m <= half:
+            lower = min(median - values[half - m], values[half + m - 1] - median)
+            if distance <= self._scale * max(lower, floor):
+                return False
+        return distance > self._scale * max(self._mad(median), floor)
+
+    def _mad(self, median: float) -> float:
+        values = self._sorted
+        n = len(values)
+        half = n // 2
         # Deviations |x - median| form two ascending runs: below[i] = median - values[half-1-i]
         # (`half` of them) and above[j] = values[half+j] - median (`n - half`). Take the first
         # `take` of their merge by a binary search for how many come from `below`.
@@ -175,10 +194,10 @@ class JumpDetector:
         last_above = values[half + j - 1] - median if j > 0 else -math.inf
         kth = max(last_below, last_above)  # the take-th smallest deviation
         if n % 2:
-            return median, kth
+            return kth
         next_below = median - values[half - 1 - i] if i < half else math.inf
         next_above = values[half + j] - median if j < n_above else math.inf
-        return median, (kth + min(next_below, next_above)) / 2
+        return (kth + min(next_below, next_above)) / 2
 
     def snapshot(self) -> dict[str, Any]:
         return {"mids": list(self._window)}

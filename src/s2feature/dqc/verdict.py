@@ -21,8 +21,8 @@ def required_features(bundle: ConfigBundle, market: Market) -> tuple[str, ...]:
     return required
 
 
-# Frozen, so every passing snapshot can share it (most snapshots pass once warmed up).
-PASSED: Final = Dqc()
+# Most snapshots pass: they share this verdict (a frozen value) instead of building their own.
+_PASSED: Final = Dqc()
 
 
 def assess(
@@ -34,7 +34,11 @@ def assess(
     null_required = [name for name in required if features.get(name) is None]
     bounds_reasons = _bounds(features, bundle)
     if not null_required and jump_count <= 0 and not bounds_reasons:
-        return PASSED
+        return _PASSED
+    return _failed(null_required, jump_count, bounds_reasons)
+
+
+def _failed(null_required: list[str], jump_count: int, bounds_reasons: list[str]) -> Dqc:
     reasons = [f"missing:{name}" for name in null_required]
     missing = bool(null_required)
     jump = jump_count > 0

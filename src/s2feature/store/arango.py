@@ -38,6 +38,7 @@ from s2feature.domain import WINDOWS
 from s2feature.store.base import (
     SIGNALS,
     STRATEGY_EVENTS,
+    SignalDoc,
     StoreError,
     StoreUnavailable,
     is_valid_key,
@@ -254,7 +255,7 @@ class ArangoStore:
             )
         check_bulk_results(action, keys, results)
 
-    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
+    def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id` (`_key`), one request."""
         rows = prepare_signals(docs)
         keys = [row.signal_id for row in rows]

@@ -8,19 +8,20 @@ driver error kept as `__cause__`):
 
 Both backends run every batch through `prepare_signals` / `prepare_events` before writing, so a
 document the store cannot hold exactly (NaN, infinities, a missing key field, a reserved field) is
-rejected the same way everywhere, and before anything of its batch is written.
+rejected the same way everywhere, and before anything of its batch is written. A signal may also
+be handed over as the `SignalRow` that `prepare_signal` made of it: the service prepares each
+payload once and emits the same JSON text it stores.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
+from s2feature import strict_json
 from s2feature.domain import WINDOWS
 
 SIGNALS: Final = "signals"
@@ -57,8 +58,9 @@ class Store(Protocol):
 
     name: str
 
-    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
-        """Replace-or-insert snapshot payloads keyed by `signal_id`, as one batch."""
+    def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
+        """Replace-or-insert snapshot payloads keyed by `signal_id`, as one batch. A payload may
+        come as the `SignalRow` that `prepare_signal` made of it."""
 
     def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
         """Replace-or-insert strategy events keyed by `event_id`, as one batch."""
@@ -95,11 +97,8 @@ class Store(Protocol):
 
 def is_valid_key(key: str) -> bool:
     """Whether `key` is usable as a document key on every backend (ArangoDB `_key` rules)."""
-    return (
-        bool(key)
-        and len(key.encode("utf-8")) <= KEY_MAX_BYTES
-        and _KEY_PATTERN.fullmatch(key) is not None
-    )
+    # The pattern admits ASCII only, so a matching key has as many bytes as characters.
+    return len(key) <= KEY_MAX_BYTES and _KEY_PATTERN.fullmatch(key) is not None
 
 
 def sanitize_key(text: str, prefix: str = "") -> str:
@@ -134,34 +133,36 @@ def recompute_event_id(task_id: str) -> str:
 # --------------------------------------------------------------------------- documents
 
 
-@dataclass(frozen=True, slots=True)
-class SignalRow:
+class SignalRow(NamedTuple):
     """A checked signal document with its indexed columns and its JSON text."""
 
     signal_id: str
     symbol: str
     window: str
     t0: int
-    doc: dict[str, Any]
+    doc: Mapping[str, Any]
     json_text: str
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+# A snapshot payload, or the row `prepare_signal` made of it.
+SignalDoc = Mapping[str, Any] | SignalRow
+
+
+class EventRow(NamedTuple):
     """A checked strategy event with its indexed columns and its JSON text."""
 
     event_id: str
     kind: str
     symbol: str | None
     ts: int
-    doc: dict[str, Any]
+    doc: Mapping[str, Any]
     json_text: str
 
 
 def encode_json(doc: Mapping[str, Any], what: str) -> str:
     """Compact JSON of a document; StoreError naming `what` and the path of a bad value."""
     try:
-        return json.dumps(doc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        return strict_json.encode(doc).decode()
     except (ValueError, TypeError) as e:
         path = _find_unstorable(doc, "")
         where = f" at {path}" if path else ""
@@ -176,7 +177,7 @@ def _find_unstorable(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, Mapping):
         for key, item in value.items():
-            if key is not None and not isinstance(key, str | int | float | bool):
+            if not isinstance(key, str | int | float) or isinstance(key, bool):
                 return f"{path}.{key!r}"
             found = _find_unstorable(item, f"{path}.{key}")
             if found is not None:
@@ -212,10 +213,8 @@ def _check_reserved(doc: Mapping[str, Any], what: str) -> None:
         raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
 
 
-def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
-    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
-    raw_id = doc.get("signal_id")
-    what = f"signal {raw_id!r}"
+def _check_signal(doc: Mapping[str, Any], what: str) -> tuple[str, str, str, int]:
+    """Every rule of a signal document, each failure with its own message; the key columns."""
     signal_id = _require_str(doc, "signal_id", what)
     if not is_valid_key(signal_id):
         raise StoreError(f"{what}: not a valid document key")
@@ -227,8 +226,34 @@ def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
     if signal_id != f"{symbol}:{window}:{t0}":
         raise StoreError(f"{what}: signal_id must be '<symbol>:<window>:<t0>'")
     _check_reserved(doc, what)
-    text = encode_json(doc, what)
-    return SignalRow(signal_id, symbol, window, t0, dict(doc), text)
+    return signal_id, symbol, window, t0
+
+
+def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
+    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
+    signal_id, symbol, window, t0 = (
+        doc.get("signal_id"),
+        doc.get("symbol"),
+        doc.get("window"),
+        doc.get("t0"),
+    )
+    what = f"signal {signal_id!r}"
+    # Every payload of the service passes this one expression, which implies every rule of
+    # `_check_signal`; anything else (an error, or an unusual but valid document such as one
+    # with an int subclass for t0) goes through the rule-by-rule check.
+    if (
+        type(signal_id) is str
+        and type(symbol) is str
+        and type(window) is str
+        and type(t0) is int
+        and symbol
+        and window in WINDOWS
+        and signal_id == f"{symbol}:{window}:{t0}"
+        and is_valid_key(signal_id)
+        and RESERVED_FIELDS.isdisjoint(doc)
+    ):
+        return SignalRow(signal_id, symbol, window, t0, doc, encode_json(doc, what))
+    return SignalRow(*_check_signal(doc, what), doc, encode_json(doc, what))
 
 
 def prepare_event(doc: Mapping[str, Any]) -> EventRow:
@@ -245,13 +270,12 @@ def prepare_event(doc: Mapping[str, Any]) -> EventRow:
         raise StoreError(f"{what}: field 'symbol' must be a string or null, got {symbol!r}")
     ts = _require_int(doc, "ts", what)
     _check_reserved(doc, what)
-    text = encode_json(doc, what)
-    return EventRow(event_id, kind, symbol, ts, dict(doc), text)
+    return EventRow(event_id, kind, symbol, ts, doc, encode_json(doc, what))
 
 
-def prepare_signals(docs: Sequence[Mapping[str, Any]]) -> list[SignalRow]:
-    """Check a whole batch before any of it is written."""
-    return [prepare_signal(doc) for doc in docs]
+def prepare_signals(docs: Sequence[SignalDoc]) -> list[SignalRow]:
+    """Check a whole batch before any of it is written (rows are already checked)."""
+    return [doc if isinstance(doc, SignalRow) else prepare_signal(doc) for doc in docs]
 
 
 def prepare_events(docs: Sequence[Mapping[str, Any]]) -> list[EventRow]:

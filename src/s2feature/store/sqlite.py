@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from s2feature.domain import WINDOWS
 from s2feature.store.base import (
+    SignalDoc,
     StoreError,
     StoreUnavailable,
     is_valid_key,
@@ -160,7 +161,7 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                 raise
 
-    def upsert_signals(self, docs: Sequence[Mapping[str, Any]]) -> None:
+    def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id`, in one transaction."""
         rows = [(r.signal_id, r.symbol, r.window, r.t0, r.json_text) for r in prepare_signals(docs)]
         self._write_batch("upsert signals", _UPSERT_SIGNAL, rows)

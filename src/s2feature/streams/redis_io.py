@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from s2feature import strict_json
 from s2feature.domain import SeriesId, window_index
 from s2feature.service.settings import RedisSettings
 
@@ -195,23 +196,21 @@ class StreamIO:
             if "equal or smaller" not in str(exc):
                 raise
 
-    def emit(self, items: Sequence[tuple[int, str, Mapping[str, Any]]], maxlen: int) -> int:
-        """XADD each `(t0, window, payload)` with the explicit ID `<t0>-<k>`, pipelined (one
-        round trip). Returns how many were new: an ID Redis already has is a replay, rejected by
-        Redis and counted as already emitted. Any other error fails the whole call, which the
-        caller retries (the emits that landed are then rejected as replays)."""
+    def emit(self, items: Sequence[tuple[int, str, str | bytes]], maxlen: int) -> int:
+        """XADD each `(t0, window, data)` — `data` the payload's JSON text, as stored — with the
+        explicit ID `<t0>-<k>`, pipelined (one round trip). Returns how many were new: an ID
+        Redis already has is a replay, rejected by Redis and counted as already emitted. Any
+        other error fails the whole call, which the caller retries (the emits that landed are
+        then rejected as replays)."""
         if not items:
             return 0
-        key = events_key(self.series.symbol)
+        key, trim = events_key(self.series.symbol), str(maxlen)
         pipe = self.client.pipeline(transaction=False)
-        for t0, window, payload in items:
-            pipe.xadd(
-                key,
-                {"data": json.dumps(payload, allow_nan=False)},
-                id=f"{t0}-{window_index(window)}",
-                maxlen=maxlen,
-                approximate=True,
-            )
+        for t0, window, data in items:
+            # What `pipe.xadd(key, {"data": data}, id=..., maxlen=maxlen)` sends, without its
+            # per-call argument building (a tenth of the emit's cost).
+            entry_id = f"{t0}-{window_index(window)}"
+            pipe.execute_command("XADD", key, "MAXLEN", "~", trim, entry_id, "data", data)
         new = 0
         for result in pipe.execute(raise_on_error=False):
             if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
@@ -222,12 +221,12 @@ class StreamIO:
         return new
 
     def set_last(self, doc: Mapping[str, Any], ttl_s: int) -> None:
-        self.client.set(last_key(self.series.symbol), json.dumps(doc, allow_nan=False), ex=ttl_s)
+        self.client.set(last_key(self.series.symbol), strict_json.encode(doc), ex=ttl_s)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
         writes nothing) when another one has taken it over."""
-        self.lease.fenced_set(cache_key(self.series.symbol), json.dumps(state, allow_nan=False))
+        self.lease.fenced_set(cache_key(self.series.symbol), strict_json.encode(state))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         raw: Any = self.client.get(cache_key(self.series.symbol))
