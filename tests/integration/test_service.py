@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +420,50 @@ def test_a_non_finite_feature_fails_its_batch_before_any_output(
     with pytest.raises(NonFiniteError):
         io.save_checkpoint({"engine": {"mids": [1.0] * 100 + [math.inf]}})
     assert client.keys("feat:*") == []
+
+
+def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # kill -9 of redis-server (appendonly, fsync always) while entries flow. The service's calls
+    # fail until it is back (redis-py's own retries absorb a short outage, the service's backoff
+    # a longer one); it must then carry on from where the server's data is, each entry once.
+    env = env_for(redis_server, tmp_path)
+    bars = checks.input_bars(SERIES, 1500, seed=61)
+    entries = checks.input_entries(SERIES, bars, seed=61)
+    settings = load_settings(env)
+    store = SqliteStore(Path(env["S2_DB_SQLITE_PATH"]))
+    service = Service(settings, connect(settings.redis), store, BarLake(Path(env["S2_LAKE_DIR"])))
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            service.run()
+        except BaseException as exc:  # handed to the test thread below
+            errors.append(exc)
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    producer = redis_server.client()
+    progress = checks.StreamProgress(producer, SERIES, entries)
+    restarted = False
+    for start in range(0, len(entries), 300):
+        checks.add_entries(producer, SERIES, entries[start : start + 300])
+        if not restarted and start >= len(entries) // 3:
+            wait_for(partial(progress.delivered_at_least, start + 1), what="the service to read")
+            redis_server.kill()
+            time.sleep(1.0)
+            redis_server.restart()
+            restarted = True
+    wait_for(
+        lambda: progress.delivered_and_pending() == (len(entries), 0),
+        timeout_s=120,
+        what="every entry consumed and acked",
+    )
+    service.stop.set()
+    serving.join(timeout=60)
+    assert not serving.is_alive()
+    assert not errors, errors
+    store.close()
+    assert restarted
+    checks.assert_run_complete(producer, SERIES, env, bars, entries)
