@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -50,6 +50,19 @@ from s2feature.streams.redis_io import (
 
 log = logging.getLogger("s2feature.service")
 T = TypeVar("T")
+
+
+# The longest an entry of a cluster instance's other streams waits while the service blocks on
+# its first one: 50 idle reads a second, nothing for Redis, against up to S2_BLOCK_MS of latency.
+CLUSTER_IDLE_BLOCK_MS: Final = 20
+
+
+def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
+    """Block time of the idle read on one stream: capped on a cluster with several streams,
+    where one read cannot cover them all."""
+    if cluster and n_streams > 1:
+        return min(block_ms, CLUSTER_IDLE_BLOCK_MS)
+    return block_ms
 
 
 class Abandoned(Exception):  # noqa: N818 - control flow, not an error
@@ -205,12 +218,12 @@ class Service:
 
         On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
         wakes the service at once. A cluster cannot serve a read across slots: there the wait is
-        on the first stream only, and entries of the others are picked up when it returns (at
-        most `S2_BLOCK_MS` later).
+        on the first stream only, kept short when there are others (`idle_block_ms`).
         """
         client = self.client
         if isinstance(client, RedisCluster) or len(owned) == 1:
-            return self._guarded(owned[0], partial(self._consume_new, owned[0], block_ms))
+            wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
+            return self._guarded(owned[0], partial(self._consume_new, owned[0], wait_ms))
         s = self.settings
         keys = [w.io.key for w in owned]
         read = partial(read_new_of_any, client, s.group, s.consumer, keys, s.batch_size, block_ms)
