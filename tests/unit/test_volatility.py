@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2feature.compute.family import FamilyContext
+from s2feature.compute.rolling import RollingSum
 from s2feature.compute.volatility import (
     VOLATILITY_FAMILY,
     OnlineVolatilityFamily,
-    RollingSum,
     log_return_squares,
     min_count,
     regime_label,
