@@ -85,6 +85,22 @@ def translate_sqlite_errors(action: str) -> Iterator[None]:
         raise StoreError(f"sqlite {action}: {e}") from e
 
 
+@contextmanager
+def _immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction. IMMEDIATE takes the write lock up front, so the busy timeout
+    covers the wait; on any failure (a failed COMMIT too, which leaves the transaction open) it
+    is rolled back and the cause re-raised."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _initialise(conn: sqlite3.Connection, deadline: float) -> None:
     """Switch to WAL and create the schema, retrying while another process does the same.
 
@@ -97,15 +113,9 @@ def _initialise(conn: sqlite3.Connection, deadline: float) -> None:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate_transaction(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
             return
         except sqlite3.OperationalError as e:
             if not _is_retryable(e) or time.monotonic() >= deadline:
@@ -148,18 +158,8 @@ class SqliteStore:
     def _write_batch(self, action: str, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        with self._locked(action) as conn:
-            # IMMEDIATE takes the write lock up front, so the busy timeout covers the wait.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(statement, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                # a failed COMMIT (busy) leaves the transaction open: roll it back, keep the cause
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+        with self._locked(action) as conn, _immediate_transaction(conn):
+            conn.executemany(statement, rows)
 
     def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id`, in one transaction."""
