@@ -213,8 +213,9 @@ def _check_reserved(doc: Mapping[str, Any], what: str) -> None:
         raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
 
 
-def _check_signal(doc: Mapping[str, Any], what: str) -> tuple[str, str, str, int]:
-    """Every rule of a signal document, each failure with its own message; the key columns."""
+def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
+    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
+    what = f"signal {doc.get('signal_id')!r}"
     signal_id = _require_str(doc, "signal_id", what)
     if not is_valid_key(signal_id):
         raise StoreError(f"{what}: not a valid document key")
@@ -226,34 +227,7 @@ def _check_signal(doc: Mapping[str, Any], what: str) -> tuple[str, str, str, int
     if signal_id != f"{symbol}:{window}:{t0}":
         raise StoreError(f"{what}: signal_id must be '<symbol>:<window>:<t0>'")
     _check_reserved(doc, what)
-    return signal_id, symbol, window, t0
-
-
-def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
-    """Check one snapshot payload (SPEC §4) and encode it; StoreError naming the signal."""
-    signal_id, symbol, window, t0 = (
-        doc.get("signal_id"),
-        doc.get("symbol"),
-        doc.get("window"),
-        doc.get("t0"),
-    )
-    what = f"signal {signal_id!r}"
-    # Every payload of the service passes this one expression, which implies every rule of
-    # `_check_signal`; anything else (an error, or an unusual but valid document such as one
-    # with an int subclass for t0) goes through the rule-by-rule check.
-    if (
-        type(signal_id) is str
-        and type(symbol) is str
-        and type(window) is str
-        and type(t0) is int
-        and symbol
-        and window in WINDOWS
-        and signal_id == f"{symbol}:{window}:{t0}"
-        and is_valid_key(signal_id)
-        and RESERVED_FIELDS.isdisjoint(doc)
-    ):
-        return SignalRow(signal_id, symbol, window, t0, doc, encode_json(doc, what))
-    return SignalRow(*_check_signal(doc, what), doc, encode_json(doc, what))
+    return SignalRow(signal_id, symbol, window, t0, doc, encode_json(doc, what))
 
 
 def prepare_event(doc: Mapping[str, Any]) -> EventRow:
