@@ -79,8 +79,7 @@ PROFILE_STEPS = (
     ("lake append (a Parquet part + 2 fsyncs per call)", "parquet.py", ("append",)),
     ("  of which part compaction", "parquet.py", ("_compact_locked",)),
     ("store upserts (SQLite)", "sqlite.py", ("upsert_signals", "upsert_strategy_events")),
-    ("emits (one XADD per snapshot)", "redis_io.py", ("emit",)),
-    ("feat:last", "redis_io.py", ("set_last",)),
+    ("emits and feat:last (one script call)", "redis_io.py", ("publish",)),
     ("checkpoint + XACK (SeriesWorker.flush)", "worker.py", ("flush",)),
     ("  of which checkpoints written", "redis_io.py", ("save_checkpoint",)),
 )

@@ -391,7 +391,8 @@ class LosesReadReplies(RedisCluster):
     """A cluster client that loses the reply of every `every`-th read of new entries *after*
     Redis executed it, as a socket timeout during a node stall does: the entries are delivered
     to the consumer but never seen. `resend` then re-sends the read at once, as redis-py's own
-    retry does; otherwise the timeout reaches the caller."""
+    retry does; otherwise the timeout reaches the caller. Reads come alone (blocking) or
+    pipelined with the pending check (the service's usual read); both are covered."""
 
     def __init__(self, every: int, resend: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -400,15 +401,54 @@ class LosesReadReplies(RedisCluster):
         self.new_reads = 0
         self.lost_entries = 0
 
+    def _lose_this_read(self) -> bool:
+        self.new_reads += 1
+        return self.new_reads % self.every == 0
+
+    def _lost(self, reply: Any) -> None:
+        self.lost_entries += sum(len(batch) for _, batch in reply or [])
+        if not self.resend:
+            raise redis.TimeoutError("Timeout reading from socket (injected)")
+
     def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
-        if ">" in args[2].values():
-            self.new_reads += 1
-            if self.new_reads % self.every == 0:
-                lost: Any = super().xreadgroup(*args, **kwargs)
-                self.lost_entries += sum(len(batch) for _, batch in lost or [])
-                if not self.resend:
-                    raise redis.TimeoutError("Timeout reading from socket (injected)")
+        if ">" in args[2].values() and self._lose_this_read():
+            self._lost(super().xreadgroup(*args, **kwargs))
         return super().xreadgroup(*args, **kwargs)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return _LossyPipeline(self, partial(super().pipeline, *args, **kwargs))
+
+
+class _LossyPipeline:
+    """Queues commands like a pipeline; `execute` runs them on a real one, and loses the first
+    run's reply when it holds a read of new entries that `LosesReadReplies` picks."""
+
+    def __init__(self, client: LosesReadReplies, make: Callable[[], Any]) -> None:
+        self._client = client
+        self._make = make
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., _LossyPipeline]:
+        def queue(*args: Any, **kwargs: Any) -> _LossyPipeline:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def _run(self, **kwargs: Any) -> list[Any]:
+        pipe = self._make()
+        for name, args, call_kwargs in self._calls:
+            getattr(pipe, name)(*args, **call_kwargs)
+        return list(pipe.execute(**kwargs))
+
+    def execute(self, **kwargs: Any) -> list[Any]:
+        reads = [i for i, (name, args, _) in enumerate(self._calls) if name == "xreadgroup"]
+        if any(">" in self._calls[i][1][2].values() for i in reads) and (
+            self._client._lose_this_read()
+        ):
+            replies = self._run(**kwargs)
+            self._client._lost([batch for i in reads for batch in replies[i] or []])
+        return self._run(**kwargs)
 
 
 @pytest.mark.parametrize("resend", [True, False], ids=["resent-by-the-client", "surfaced"])

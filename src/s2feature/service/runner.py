@@ -11,7 +11,8 @@ socket timeout while a node stalls or fails over, and redis-py (standalone and c
 silently re-sends the read, which returns the *next* entries. Left alone, the lost ones would sit
 pending, and after a restart they would lie below the checkpoint and be acked without ever being
 applied. So every read of new entries is followed by one `XPENDING` for this consumer between the
-last applied entry and the batch; anything there is processed first, in stream order.
+last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
+not block); anything there is processed first, in stream order.
 
 A stream is consumed only while this consumer holds its lease (`streams/lease.py`): a second
 instance configured with the same symbol waits instead of splitting the stream's entries, and
@@ -63,6 +64,12 @@ def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
     if cluster and n_streams > 1:
         return min(block_ms, CLUSTER_IDLE_BLOCK_MS)
     return block_ms
+
+
+def applied_id(worker: SeriesWorker) -> str:
+    """ID of the newest entry whose effects the worker's state holds ("0-0" when none)."""
+    ms, seq = worker.applied
+    return f"{ms}-{seq}"
 
 
 class Abandoned(Exception):  # noqa: N818 - control flow, not an error
@@ -206,12 +213,20 @@ class Service:
             cursor = ids[-1]
         return handled
 
-    def _consume_new(self, worker: SeriesWorker, block_ms: int | None) -> int:
-        """Read one batch of new entries of a stream and process it; returns how many were read."""
+    def _consume_new(self, worker: SeriesWorker) -> int:
+        """Read one batch of new entries of a stream without blocking and process it; returns
+        how many were read."""
+        read = partial(worker.io.read_new_checked, self.settings.batch_size, applied_id(worker))
+        entries, lost = self.backoff.call("read", read)
+        return self._apply_new(worker, entries, lost)
+
+    def _wait_on(self, worker: SeriesWorker, block_ms: int) -> int:
+        """Block on one stream until it has new entries (or `block_ms` passed), and process
+        them; returns how many were read."""
         entries = self.backoff.call(
             "read", partial(worker.io.read, self.settings.batch_size, block_ms, False)
         )
-        return self._apply_new(worker, entries)
+        return self._apply_new(worker, entries, self._lost_before(worker, entries))
 
     def _wait_for_any(self, owned: list[SeriesWorker], block_ms: int) -> int:
         """Nothing anywhere: block until some owned stream has new entries, and process them.
@@ -223,7 +238,7 @@ class Service:
         client = self.client
         if isinstance(client, RedisCluster) or len(owned) == 1:
             wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
-            return self._guarded(owned[0], partial(self._consume_new, owned[0], wait_ms))
+            return self._guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
         s = self.settings
         keys = [w.io.key for w in owned]
         read = partial(read_new_of_any, client, s.group, s.consumer, keys, s.batch_size, block_ms)
@@ -232,30 +247,32 @@ class Service:
         for worker in owned:
             entries = batches.get(worker.io.key)
             if entries:
-                handled += self._guarded(worker, partial(self._apply_new, worker, entries))
+                lost = self._lost_before(worker, entries)
+                handled += self._guarded(worker, partial(self._apply_new, worker, entries, lost))
         return handled
 
-    def _apply_new(self, worker: SeriesWorker, entries: list[Entry]) -> int:
+    def _lost_before(self, worker: SeriesWorker, entries: list[Entry]) -> bool:
+        """Whether this consumer holds entries after the last applied one that precede
+        `entries`: delivered by a read whose reply was lost (see the module docstring)."""
+        first = entries[0][0] if entries else None
+        return self.backoff.call(
+            "check pending", partial(worker.io.has_pending_between, applied_id(worker), first)
+        )
+
+    def _apply_new(self, worker: SeriesWorker, entries: list[Entry], lost: bool) -> int:
         """Process a batch of new entries of a stream; returns how many were read.
 
-        Entries an earlier read delivered without the reply reaching us come first (see the
-        module docstring): the batch is then dropped unprocessed and read again, in order, with
-        them from the pending list.
+        When entries were `lost` before it, they come first: the batch is then dropped
+        unprocessed and read again, in order, with them from the pending list.
         """
-        ms, seq = worker.applied
-        applied = f"{ms}-{seq}"
-        first = entries[0][0] if entries else None
-        lost = self.backoff.call(
-            "check pending", partial(worker.io.has_pending_between, applied, first)
-        )
         if lost:
             log.warning(
                 "%s: entries after %s were delivered by a read whose reply was lost; "
                 "processing them first",
                 worker.series.symbol,
-                applied,
+                applied_id(worker),
             )
-            return self._drain_pending(worker, applied)
+            return self._drain_pending(worker, applied_id(worker))
         if entries:
             self._process(worker, entries, None)
         return len(entries)
@@ -285,7 +302,7 @@ class Service:
         self.keep_leases()
         handled = 0
         for worker in self._owned_workers():
-            handled += self._guarded(worker, partial(self._consume_new, worker, None))
+            handled += self._guarded(worker, partial(self._consume_new, worker))
         if handled == 0:
             # A steady input goes idle between batches: only checkpoint when one is due.
             self.flush_all(force=False)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
 from s2feature.domain import Bar, SeriesId, Snapshot
 from s2feature.ingest.decode import decode_entry
@@ -232,10 +233,12 @@ class SeriesWorker:
             self.store.upsert_strategy_events(out.events)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
-        emitted = self.io.emit(out.emits, self.settings.emit_maxlen)
+        last = None
         if out.emits:
             newest = max(p["t0"] for p in self.latest.values())
-            self.io.set_last({"t0": newest, "windows": self.latest}, self.settings.last_ttl_s)
+            last = strict_json.encode({"t0": newest, "windows": self.latest})
+        settings = self.settings
+        emitted = self.io.publish(out.emits, settings.emit_maxlen, last, settings.last_ttl_s)
         # Registered only once every write above has landed, and with no I/O after it, so a
         # retried commit cannot register the same entries twice.
         self._unacked.extend(out.ack_ids)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -42,6 +42,28 @@ RETRYABLE = (
     # mid-migration or mid-failover).
     redis.exceptions.SlotNotCoveredError,
 )
+
+
+# KEYS: feat:events:<symbol> [, feat:last:<symbol>]; ARGV: maxlen, last document, its TTL in s,
+# then (entry ID, data) pairs. An ID at or below the stream's newest is a replay: skipped and not
+# counted. Any other error ends the script before `feat:last` is set.
+_EMIT: Final = """
+local new = 0
+for i = 4, #ARGV, 2 do
+  local reply = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[i], 'data', ARGV[i + 1])
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'equal or smaller', 1, true) then
+      return reply
+    end
+  else
+    new = new + 1
+  end
+end
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+end
+return new
+"""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -109,6 +131,7 @@ class StreamIO:
         self.group = group
         self.consumer = consumer
         self.lease = lease
+        self._emit = client.register_script(_EMIT)
 
     def ensure_group(self) -> None:
         try:
@@ -146,6 +169,28 @@ class StreamIO:
         if pending:
             return self.read_pending(count)
         return self._read(">", count, block_ms)
+
+    def read_new_checked(self, count: int, applied_id: str) -> tuple[list[Entry], bool]:
+        """New entries (no blocking), and whether this consumer also holds entries after
+        `applied_id` that came before them: delivered by an earlier read whose reply was lost
+        (see the service loop). One round trip: the XPENDING runs right after the read."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count)
+        pipe.xpending_range(
+            self.key,
+            self.group,
+            min=f"({applied_id}",
+            max="+",
+            count=1,
+            consumername=self.consumer,
+        )
+        reply, pending = pipe.execute()
+        entries = _entries_by_stream(reply).get(self.key, [])
+        if not pending:
+            return entries, False
+        # The batch itself is pending now: only an older pending entry was lost.
+        first_pending = _decode(pending[0]["message_id"])
+        return entries, not entries or first_pending != entries[0][0]
 
     def read_pending(self, count: int, after_id: str = "0") -> list[Entry]:
         """Entries delivered to this consumer and not acked yet, with IDs above `after_id`, oldest
@@ -196,32 +241,36 @@ class StreamIO:
             if "equal or smaller" not in str(exc):
                 raise
 
-    def emit(self, items: Sequence[tuple[int, str, str | bytes]], maxlen: int) -> int:
-        """XADD each `(t0, window, data)` — `data` the payload's JSON text, as stored — with the
-        explicit ID `<t0>-<k>`, pipelined (one round trip). Returns how many were new: an ID
-        Redis already has is a replay, rejected by Redis and counted as already emitted. Any
-        other error fails the whole call, which the caller retries (the emits that landed are
-        then rejected as replays)."""
+    def publish(
+        self,
+        items: Sequence[tuple[int, str, str | bytes]],
+        maxlen: int,
+        last: bytes | None,
+        last_ttl_s: int,
+    ) -> int:
+        """Emit `(t0, window, data)` items — `data` the payload's JSON text, as stored — as
+        `feat:events` entries with the explicit ID `<t0>-<k>`, then set `feat:last` to `last`.
+        Returns how many entries were new: an ID Redis already has is a replay, rejected by
+        Redis and counted as already emitted. Any other error fails the whole call, which the
+        caller retries (what landed is then rejected as a replay, and `feat:last` set again).
+
+        One script call does the emits and then `feat:last` (one round trip where a pipeline of
+        XADDs cost several times the client's CPU). On a cluster the two keys live in different
+        slots, so `feat:last` is a second call there, made only once the script has succeeded.
+        """
         if not items:
             return 0
-        key, trim = events_key(self.series.symbol), str(maxlen)
-        pipe = self.client.pipeline(transaction=False)
+        keys = [events_key(self.series.symbol)]
+        args: list[Any] = [maxlen, last or b"", last_ttl_s]
         for t0, window, data in items:
-            # What `pipe.xadd(key, {"data": data}, id=..., maxlen=maxlen)` sends, without its
-            # per-call argument building (a tenth of the emit's cost).
-            entry_id = f"{t0}-{window_index(window)}"
-            pipe.execute_command("XADD", key, "MAXLEN", "~", trim, entry_id, "data", data)
-        new = 0
-        for result in pipe.execute(raise_on_error=False):
-            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            new += 1
+            args += (f"{t0}-{window_index(window)}", data)
+        together = last is not None and not isinstance(self.client, RedisCluster)
+        if together:
+            keys.append(last_key(self.series.symbol))
+        new = int(self._emit(keys=keys, args=args))
+        if last is not None and not together:
+            self.client.set(last_key(self.series.symbol), last, ex=last_ttl_s)
         return new
-
-    def set_last(self, doc: Mapping[str, Any], ttl_s: int) -> None:
-        self.client.set(last_key(self.series.symbol), strict_json.encode(doc), ex=ttl_s)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
