@@ -46,13 +46,16 @@ def _all_finite(value: Any) -> bool:
     if kind is dict:
         items = value.values()
     elif kind is list or kind is tuple:
-        try:
-            # Long lists of numbers (checkpointed histories) in one C loop: a sum of numbers is
-            # finite only when every one of them is. Anything else is checked item by item.
-            if math.isfinite(sum(value)):
-                return True
-        except (TypeError, OverflowError):
-            pass
+        first = type(value[0]) if value else None
+        if first is float or first is int:
+            try:
+                # Long lists of numbers (checkpointed histories) in one C loop: a sum of numbers
+                # is finite only when every one of them is. Anything else is checked item by
+                # item (as are lists of text, where the sum would raise at every call).
+                if math.isfinite(sum(value)):
+                    return True
+            except (TypeError, OverflowError):
+                pass
         items = value
     else:
         return True

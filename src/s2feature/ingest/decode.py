@@ -28,6 +28,9 @@ _OPTIONAL_NON_NEGATIVE: Final = ("best_bid_qty", "best_ask_qty", "depth_bid_usdt
 # Sentinel results of the raw parsers: a reason kind instead of a value.
 _NOT_A_NUMBER: Final = "not_a_number"
 _NOT_AN_INTEGER: Final = "not_an_integer"
+# Bytes are searched for the int, not for b"_": `b"_" in data` first tries the needle as an int,
+# which raises and clears a TypeError on every call (about 9 times slower).
+_UNDERSCORE: Final = ord("_")
 
 
 def _unreadable(kind: str, name: str) -> str:
@@ -51,7 +54,7 @@ def _float_of(raw: object) -> float | None:
             return None
     if isinstance(raw, bytes | bytearray | memoryview):
         data = bytes(raw)
-        if b"_" in data:
+        if _UNDERSCORE in data:
             return None
         try:
             return float(data)  # bytes are parsed as ASCII only
@@ -256,7 +259,7 @@ class _UnusualEntryError(Exception):
 
 def _fast_float(raw: object) -> float:
     if type(raw) is bytes:
-        if b"_" in raw:
+        if _UNDERSCORE in raw:
             raise _UnusualEntryError
         return float(raw)  # ValueError for non-numbers: handled by the caller
     if type(raw) is float:
@@ -272,7 +275,7 @@ def _fast_floats(raw: tuple[object, ...]) -> list[float]:
     """Several values at once: text values are checked in one piece and parsed by one `map`."""
     if type(raw[0]) is bytes:
         # join raises TypeError unless all are bytes-like (the checked path then decides)
-        if b"_" in b"".join(raw):  # type: ignore[arg-type]
+        if _UNDERSCORE in b"".join(raw):  # type: ignore[arg-type]
             raise _UnusualEntryError
     elif type(raw[0]) is str:
         joined = "".join(raw)  # type: ignore[arg-type]
@@ -287,7 +290,7 @@ def _fast_int(raw: object) -> int:
     """An int from an int or ASCII digits; the range is checked by the caller."""
     if type(raw) is int:
         return raw
-    if (type(raw) is bytes and b"_" not in raw) or (
+    if (type(raw) is bytes and _UNDERSCORE not in raw) or (
         type(raw) is str and raw.isascii() and "_" not in raw
     ):
         return int(raw)  # "1.7e12" raises ValueError: the checked path accepts it
