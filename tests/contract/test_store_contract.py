@@ -365,6 +365,25 @@ def test_reads_and_writes_from_two_threads(store: Store) -> None:
 # --------------------------------------------------------------------------- strategy events
 
 
+def test_a_service_batch_writes_signals_and_events_together(store: Store) -> None:
+    signals = [signal(t0=DAY_END - HOUR), prepare_signal(signal(window="4h"))]
+    events = [event("dqc_fail:a", 1), event("dqc_fail:b", 2)]
+    store.write_batch(signals, events)
+    store.write_batch(signals, events)  # a retried batch changes nothing
+    assert store.query_signals("BTCUSDT") == [signal(t0=DAY_END - HOUR), signal(window="4h")]
+    assert store.strategy_events() == events
+    store.write_batch([], [])
+    assert store.count_signals() == 2
+
+
+def test_a_bad_event_rejects_the_whole_service_batch(store: Store) -> None:
+    events = [event("dqc_fail:a", 1), event("dqc_fail:b", 2, detail={"z": math.nan})]
+    with pytest.raises(StoreError, match=r"dqc_fail:b.*detail\.z"):
+        store.write_batch([signal()], events)
+    assert store.count_signals() == 0  # checked before anything was written
+    assert store.strategy_events() == []
+
+
 def test_strategy_events_dedupe_by_id(store: Store) -> None:
     failed = event(dqc_fail_event_id("BTCUSDT:1h:1735689599999"), DAY_END, reasons=["missing"])
     recompute = event(

@@ -445,6 +445,31 @@ def test_upsert_sends_payloads_with_their_key_in_one_replace_request(
     assert body == [{**signal_doc(), "_key": SIGNAL_ID}]
 
 
+def test_a_service_batch_sends_signals_then_events_after_checking_both(
+    open_canned: Callable[[dict[tuple[str, str], Route]], ArangoStore],
+) -> None:
+    stored = {"_id": f"signals/{SIGNAL_ID}", "_key": SIGNAL_ID, "_rev": "1"}
+    event = {"event_id": "dqc_fail:a", "kind": "FEATURE_DQC_FAIL", "symbol": "BTCUSDT", "ts": 1}
+    kept = {"_id": "strategy_events/dqc_fail:a", "_key": "dqc_fail:a", "_rev": "1"}
+    routes = ready_server(
+        **{
+            "post /_db/s2/_api/document/signals": (202, [stored]),
+            "post /_db/s2/_api/document/strategy_events": (202, [kept]),
+        }
+    )
+    store = open_canned(routes)
+    sent_before = len(transport(store).sent)
+    with pytest.raises(StoreError, match="kind"):
+        store.write_batch([signal_doc()], [{**event, "kind": "NOT_A_KIND"}])
+    assert len(transport(store).sent) == sent_before  # nothing sent for a bad batch
+    store.write_batch([signal_doc()], [event])
+    posted = [(path, body) for method, path, body in transport(store).sent[sent_before:]]
+    assert posted == [
+        ("/_db/s2/_api/document/signals", [{**signal_doc(), "_key": SIGNAL_ID}]),
+        ("/_db/s2/_api/document/strategy_events", [{**event, "_key": "dqc_fail:a"}]),
+    ]
+
+
 def test_per_document_error_in_a_bulk_response_fails_the_upsert(
     open_canned: Callable[[dict[tuple[str, str], Route]], ArangoStore],
 ) -> None:

@@ -227,10 +227,8 @@ class SeriesWorker:
         engine state (megabytes with 30 days of one-minute returns), so it is written at most
         once per `checkpoint_ms`, not per batch.
         """
-        if out.signals:
-            self.store.upsert_signals(out.signals)
-        if out.events:
-            self.store.upsert_strategy_events(out.events)
+        if out.signals or out.events:
+            self.store.write_batch(out.signals, out.events)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
         last = None

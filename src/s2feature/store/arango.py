@@ -38,7 +38,9 @@ from s2feature.domain import WINDOWS
 from s2feature.store.base import (
     SIGNALS,
     STRATEGY_EVENTS,
+    EventRow,
     SignalDoc,
+    SignalRow,
     StoreError,
     StoreUnavailable,
     is_valid_key,
@@ -257,13 +259,27 @@ class ArangoStore:
 
     def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id` (`_key`), one request."""
-        rows = prepare_signals(docs)
-        keys = [row.signal_id for row in rows]
-        self._upsert(SIGNALS, keys, [to_arango_document(r.doc, r.signal_id) for r in rows])
+        self._upsert_signal_rows(prepare_signals(docs))
 
     def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
         """Replace-or-insert strategy events keyed by `event_id` (`_key`), one request."""
-        rows = prepare_events(docs)
+        self._upsert_event_rows(prepare_events(docs))
+
+    def write_batch(
+        self, signals: Sequence[SignalDoc], events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Signals, then strategy events: two requests, both batches checked before either is
+        sent. Not atomic across the two (a failure between them leaves the signals written);
+        the service retries the whole batch, and upserts make the repeat harmless."""
+        signal_rows, event_rows = prepare_signals(signals), prepare_events(events)
+        self._upsert_signal_rows(signal_rows)
+        self._upsert_event_rows(event_rows)
+
+    def _upsert_signal_rows(self, rows: Sequence[SignalRow]) -> None:
+        keys = [row.signal_id for row in rows]
+        self._upsert(SIGNALS, keys, [to_arango_document(r.doc, r.signal_id) for r in rows])
+
+    def _upsert_event_rows(self, rows: Sequence[EventRow]) -> None:
         keys = [row.event_id for row in rows]
         self._upsert(STRATEGY_EVENTS, keys, [to_arango_document(r.doc, r.event_id) for r in rows])
 

@@ -65,6 +65,13 @@ class Store(Protocol):
     def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
         """Replace-or-insert strategy events keyed by `event_id`, as one batch."""
 
+    def write_batch(
+        self, signals: Sequence[SignalDoc], events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Upsert what one service batch produced: its signals and its strategy events. Both
+        are checked before anything is written; a backend with transactions writes them in one
+        (SQLite), the others signals first."""
+
     def get_signal(self, signal_id: str) -> dict[str, Any] | None:
         """The stored payload of one signal, or None."""
 

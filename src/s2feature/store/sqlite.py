@@ -2,7 +2,8 @@
 
 One connection in WAL mode, shared by the threads of one process behind a lock (the consumer
 writes while the HTTP API reads). Each batch is one `BEGIN IMMEDIATE` transaction, so a batch is
-written completely or not at all. Documents are stored as compact JSON next to the columns the
+written completely or not at all (`write_batch`: a service batch's signals and strategy events
+together). Documents are stored as compact JSON next to the columns the
 queries filter and sort on.
 """
 
@@ -155,21 +156,29 @@ class SqliteStore:
             with translate_sqlite_errors(action):
                 yield self._conn
 
-    def _write_batch(self, action: str, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
+    def _write(self, action: str, *writes: tuple[str, Sequence[tuple[Any, ...]]]) -> None:
+        """Run `(statement, rows)` writes in one transaction (none when there are no rows)."""
+        writes = tuple((statement, rows) for statement, rows in writes if rows)
+        if not writes:
             return
         with self._locked(action) as conn, _immediate_transaction(conn):
-            conn.executemany(statement, rows)
+            for statement, rows in writes:
+                conn.executemany(statement, rows)
 
     def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id`, in one transaction."""
-        rows = [(r.signal_id, r.symbol, r.window, r.t0, r.json_text) for r in prepare_signals(docs)]
-        self._write_batch("upsert signals", _UPSERT_SIGNAL, rows)
+        self._write("upsert signals", (_UPSERT_SIGNAL, _signal_rows(docs)))
 
     def upsert_strategy_events(self, docs: Sequence[Mapping[str, Any]]) -> None:
         """Replace-or-insert strategy events keyed by `event_id`, in one transaction."""
-        rows = [(r.event_id, r.kind, r.symbol, r.ts, r.json_text) for r in prepare_events(docs)]
-        self._write_batch("upsert strategy events", _UPSERT_EVENT, rows)
+        self._write("upsert strategy events", (_UPSERT_EVENT, _event_rows(docs)))
+
+    def write_batch(
+        self, signals: Sequence[SignalDoc], events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Signals and strategy events of one service batch, in one transaction."""
+        signal_rows, event_rows = _signal_rows(signals), _event_rows(events)
+        self._write("write batch", (_UPSERT_SIGNAL, signal_rows), (_UPSERT_EVENT, event_rows))
 
     def get_signal(self, signal_id: str) -> dict[str, Any] | None:
         """The stored payload of one signal, or None."""
@@ -244,6 +253,14 @@ class SqliteStore:
             self._closed = True
             with translate_sqlite_errors("close"):
                 self._conn.close()
+
+
+def _signal_rows(docs: Sequence[SignalDoc]) -> list[tuple[Any, ...]]:
+    return [(r.signal_id, r.symbol, r.window, r.t0, r.json_text) for r in prepare_signals(docs)]
+
+
+def _event_rows(docs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(r.event_id, r.kind, r.symbol, r.ts, r.json_text) for r in prepare_events(docs)]
 
 
 def _decode(text: str) -> dict[str, Any]:
