@@ -6,9 +6,11 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
 1. Floor: a loop of `XREADGROUP` (COUNT 200), `decode_entry` of each entry and `XACK`, nothing
    else, over the pre-loaded entries (best of a few passes, each with its own consumer group).
 2. Throughput of the in-process `Service` in burst mode over the same entries (SQLite store and
-   Parquet lake in a temp dir), as a ratio to the floor.
-3. Compute latency (SPEC `s2_compute_latency_ms`): each `SymbolEngine.on_base_bar` call of that
-   run that produced snapshots.
+   Parquet lake in a temp dir), as a ratio to the floor: best of a few runs too, each from a cold
+   start with its own consumer group, files and outputs, so that both sides of the ratio are
+   taken the same way on a noisy machine.
+3. Compute latency (SPEC `s2_compute_latency_ms`): each `SymbolEngine.on_base_bar` call of the
+   fastest run that produced snapshots.
 4. End-to-end latency at a steady rate: a producer thread XADDs entries while `s2-feature run`
    serves them from its own process, on the state the burst run left (a warm engine: snapshots
    pass DQC at once); a listener thread stamps each `feat:events` entry when XREAD BLOCK returns
@@ -236,10 +238,11 @@ def service_env(server: RedisServer, workdir: Path, consumer: str) -> dict[str, 
     }
 
 
-def run_burst(server: RedisServer, workdir: Path, profile: bool) -> BurstResult:
+def run_burst(server: RedisServer, workdir: Path, profile: bool, group: str = "s2") -> BurstResult:
     """Drain the pre-loaded entries with the in-process service; exit on the first idle round."""
     # A 1 ms idle block, so that the run ends right after the last batch, not 200 ms later.
-    settings = load_settings({**service_env(server, workdir, "bench-burst"), "S2_BLOCK_MS": "1"})
+    env = {**service_env(server, workdir, "bench-burst"), "S2_BLOCK_MS": "1"}
+    settings = load_settings({**env, "S2_CONSUMER_GROUP": group})
     store = SqliteStore(workdir / "s2.db")
     service = Service(settings, connect(settings.redis), store, BarLake(workdir / "lake"))
     result = BurstResult()
@@ -253,6 +256,29 @@ def run_burst(server: RedisServer, workdir: Path, profile: bool) -> BurstResult:
     if profiler is not None:
         result.profile = profile_summary(pstats.Stats(profiler), "the burst run")
     return result
+
+
+def best_burst(
+    server: RedisServer, workdir: Path, passes: int, profile: bool
+) -> tuple[BurstResult, list[float]]:
+    """The fastest of `passes` burst runs over the same entries (the floor's estimator too), and
+    every run's time. Each run but the last has its own consumer group and files, and its
+    outputs are deleted after it (feat:* keys: emits, feat:last, checkpoints, leases), so every
+    run does the same work from a cold start; the last leaves its state for the paced runs."""
+    runs = []
+    for index in range(passes):
+        last = index == passes - 1
+        run_dir = workdir if last else workdir / f"burst-{index}"
+        group = "s2" if last else f"burst-{index}"
+        runs.append(run_burst(server, run_dir, profile and last, group))
+        if not last:
+            admin = server.client()
+            for key in admin.scan_iter("feat:*"):
+                admin.delete(key)
+    best = min(runs, key=lambda run: run.seconds)
+    if profile:
+        best.profile = runs[-1].profile
+    return best, [run.seconds for run in runs]
 
 
 # -- 4. paced runs -------------------------------------------------------------------------------
@@ -399,12 +425,13 @@ def run_paced(
 # -- report --------------------------------------------------------------------------------------
 
 
-def print_burst(floor: float, burst: BurstResult, entries: int) -> None:
+def print_burst(floor: float, burst: BurstResult, run_seconds: list[float], entries: int) -> None:
     rate = entries / burst.seconds
+    every = ", ".join(f"{entries / seconds:,.0f}" for seconds in run_seconds)
     print(
         f"2. service, burst mode, windows {SERVICE_WINDOWS}, SQLite + Parquet lake: "
-        f"{rate:,.0f} entries/s ({entries:,} entries in {burst.seconds:.2f} s, "
-        f"{burst.emitted:,} snapshots emitted) = {rate / floor:.0%} of the floor "
+        f"{rate:,.0f} entries/s (best of {len(run_seconds)} runs: {every}; "
+        f"{burst.emitted:,} snapshots emitted per run) = {rate / floor:.0%} of the floor "
         f"(target >= 50%: {verdict(rate >= 0.5 * floor)})"
     )
     if not burst.compute_s:
@@ -445,6 +472,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000.0, help="paced entries/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each paced phase")
     parser.add_argument("--floor-passes", type=int, default=3)
+    parser.add_argument("--service-passes", type=int, default=3, help="burst runs, best taken")
     parser.add_argument("--profile", action="store_true", help="cProfile both service runs")
     args = parser.parse_args()
     bench_started = time.perf_counter()
@@ -473,8 +501,8 @@ def main() -> None:
                 f"{'on' if redis.utils.HIREDIS_AVAILABLE else 'off'}): {max(floors):,.0f} "
                 f"entries/s (best of {len(floors)} passes over {preloaded:,} entries)"
             )
-            burst = run_burst(server, workdir, args.profile)
-            print_burst(max(floors), burst, preloaded)
+            burst, run_seconds = best_burst(server, workdir, args.service_passes, args.profile)
+            print_burst(max(floors), burst, run_seconds, preloaded)
             profile_to = workdir / "paced.prof" if args.profile else None
             with service_process(server, workdir, profile_to):
                 dense = run_paced(server, inputs, 1, args.rate, idle_s=1.0)

@@ -37,12 +37,16 @@ def _float_subclass(value: Any) -> float:
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=_float_subclass)
 
 
+_NESTED: Final = frozenset({dict, list, tuple})
+_isfinite: Final = math.isfinite
+
+
 def _all_finite(value: Any) -> bool:
     """Whether no exact float inside `value` is NaN or infinite (float subclasses are checked by
     the encoder's hook). Written for speed: it runs on every document the service writes."""
     kind = type(value)
     if kind is float:
-        return math.isfinite(value)
+        return _isfinite(value)
     if kind is dict:
         items = value.values()
     elif kind is list or kind is tuple:
@@ -52,7 +56,7 @@ def _all_finite(value: Any) -> bool:
                 # Long lists of numbers (checkpointed histories) in one C loop: a sum of numbers
                 # is finite only when every one of them is. Anything else is checked item by
                 # item (as are lists of text, where the sum would raise at every call).
-                if math.isfinite(sum(value)):
+                if _isfinite(sum(value)):
                     return True
             except (TypeError, OverflowError):
                 pass
@@ -62,9 +66,9 @@ def _all_finite(value: Any) -> bool:
     for item in items:
         kind = type(item)
         if kind is float:
-            if not math.isfinite(item):
+            if not _isfinite(item):
                 return False
-        elif (kind is dict or kind is list or kind is tuple) and not _all_finite(item):
+        elif kind in _NESTED and not _all_finite(item):
             return False
     return True
 

@@ -215,9 +215,10 @@ def _require_str(doc: Mapping[str, Any], field: str, what: str) -> str:
 
 
 def _check_reserved(doc: Mapping[str, Any], what: str) -> None:
+    if RESERVED_FIELDS.isdisjoint(doc):  # the usual case, without building a set
+        return
     reserved = sorted(RESERVED_FIELDS.intersection(doc))
-    if reserved:
-        raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
+    raise StoreError(f"{what}: reserved field(s) {', '.join(reserved)} not allowed")
 
 
 def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
