@@ -32,7 +32,7 @@ from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import StoreError
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.lease import StreamLease
-from s2feature.streams.redis_io import StreamIO, connect, last_key
+from s2feature.streams.redis_io import ACK_SLICE, StreamIO, connect, last_key
 from s2feature.strict_json import NonFiniteError
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer, blocked_readers, wait_for
@@ -469,3 +469,25 @@ def test_a_redis_restart_mid_run_loses_and_duplicates_nothing(
     store.close()
     assert restarted
     checks.assert_run_complete(producer, SERIES, env, bars, entries)
+
+
+def test_a_large_checkpoint_acks_its_entries_in_slices(redis_server: RedisServer) -> None:
+    # A checkpoint after a long catch-up covers many entries: one XACK per ACK_SLICE IDs, so no
+    # single command holds the server for all of them.
+    client = redis_server.client()
+    lease = StreamLease(client, SERIES.symbol, "host-a", 30_000)
+    io = StreamIO(client, SERIES, "s2", "host-a", lease)
+    io.ensure_group()
+    n = 2 * ACK_SLICE + 5
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            pipe.xadd(SERIES.stream_key, {"n": i})
+        pipe.execute()
+    ids = [entry_id for entry_id, _ in io.read(n, None, pending=False)]
+    assert len(ids) == n
+    client.config_resetstat()
+    io.ack(ids)
+    pending: Any = client.xpending(SERIES.stream_key, "s2")
+    assert pending["pending"] == 0
+    stats: Any = client.info("commandstats")
+    assert stats["cmdstat_xack"]["calls"] == 3

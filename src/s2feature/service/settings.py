@@ -41,7 +41,11 @@ class Settings:
     block_ms: int = 200
     max_deliveries: int = 5
     claim_idle_ms: int = 30_000  # stream lease TTL: a dead owner is replaced this much later
-    checkpoint_ms: int = 1_000
+    # A checkpoint holds the whole engine state (about 1.5 MB of JSON per symbol with 30 days of
+    # one-minute returns): once a second per symbol would write megabytes per second to Redis
+    # (and its AOF and replicas). Five seconds bounds the replay after a crash to five seconds
+    # of input.
+    checkpoint_ms: int = 5_000
     emit_maxlen: int = 100_000
     last_ttl_s: int = 900
 
@@ -124,5 +128,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         block_ms=block_ms,
         max_deliveries=_positive_int(env, "S2_MAX_DELIVERIES", 5),
         claim_idle_ms=claim_idle_ms,
-        checkpoint_ms=_positive_int(env, "S2_CHECKPOINT_MS", 1_000),
+        checkpoint_ms=_positive_int(env, "S2_CHECKPOINT_MS", Settings.checkpoint_ms),
     )

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # lease.py imports this module
 AnyRedis = redis.Redis | RedisCluster
 Fields = dict[bytes | str, bytes | str]
 Entry = tuple[str, Fields]  # (entry id, fields)
+ACK_SLICE: Final = 10_000  # entry IDs per XACK
 
 
 RETRYABLE = (
@@ -226,8 +227,10 @@ class StreamIO:
         return {_decode(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            self.client.xack(self.key, self.group, *ids)
+        # In slices: a checkpoint after a long catch-up can cover 100,000 entries or more, and
+        # one command that size would hold Redis (single-threaded) for every other client.
+        for start in range(0, len(ids), ACK_SLICE):
+            self.client.xack(self.key, self.group, *ids[start : start + ACK_SLICE])
 
     def dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
         payload: Fields = {
