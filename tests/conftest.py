@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support.redis_cluster import RedisClusterHarness
 from tests.support.redis_servers import (
     RedisBinaryNotFoundError,
-    RedisClusterHarness,
     RedisServer,
     RedisServerFactory,
     locate_redis_server,

@@ -12,13 +12,12 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from tests.support.redis_cluster import RedisClusterHarness, even_slot_ranges
 from tests.support.redis_servers import (
     SHARED_PORT,
     RedisBinaryNotFoundError,
-    RedisClusterHarness,
     RedisServer,
     RedisServerFactory,
-    even_slot_ranges,
     locate_redis_server,
     pid_exists,
     wait_for,

@@ -28,13 +28,8 @@ from s2feature.service.runner import Backoff, Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.redis_io import AnyRedis, cache_key, connect, events_key
-from tests.support.redis_servers import (
-    RedisClusterHarness,
-    RedisServer,
-    blocked_readers,
-    key_slot,
-    wait_for,
-)
+from tests.support.redis_cluster import RedisClusterHarness, key_slot
+from tests.support.redis_servers import RedisServer, blocked_readers, wait_for
 from tests.support.service_checks import (
     StreamProgress,
     add_entries,
