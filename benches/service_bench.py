@@ -238,10 +238,19 @@ def service_env(server: RedisServer, workdir: Path, consumer: str) -> dict[str, 
     }
 
 
-def run_burst(server: RedisServer, workdir: Path, profile: bool, group: str = "s2") -> BurstResult:
-    """Drain the pre-loaded entries with the in-process service; exit on the first idle round."""
+def run_burst(
+    server: RedisServer,
+    workdir: Path,
+    profile: bool,
+    group: str = "s2",
+    checkpoint_ms: int | None = None,
+) -> BurstResult:
+    """Drain the pre-loaded entries with the in-process service; exit on the first idle round.
+    `checkpoint_ms` overrides the service's default checkpoint interval."""
     # A 1 ms idle block, so that the run ends right after the last batch, not 200 ms later.
     env = {**service_env(server, workdir, "bench-burst"), "S2_BLOCK_MS": "1"}
+    if checkpoint_ms is not None:
+        env["S2_CHECKPOINT_MS"] = str(checkpoint_ms)
     settings = load_settings({**env, "S2_CONSUMER_GROUP": group})
     store = SqliteStore(workdir / "s2.db")
     service = Service(settings, connect(settings.redis), store, BarLake(workdir / "lake"))
