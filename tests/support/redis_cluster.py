@@ -10,7 +10,6 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import redis
@@ -18,7 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from redis.crc import key_slot as _crc_key_slot
 
-from tests.support.redis_servers import HOST, RedisServer, RedisServerError
+from tests.support.redis_servers import HOST, Harness, RedisServer, RedisServerError
 
 
 def key_slot(key: str | bytes) -> int:
@@ -42,7 +41,7 @@ def _claimed_slots(nodes_line: str) -> Iterator[int]:
         yield from range(int(first), int(last or first) + 1)
 
 
-class RedisClusterHarness:
+class RedisClusterHarness(Harness):
     """A Redis Cluster of `masters` master nodes (no replicas) in `base_dir`, built like
     `redis-cli --cluster create` does it but without redis-cli: distinct config epochs,
     `CLUSTER ADDSLOTSRANGE` on each node, `CLUSTER MEET`, then wait for `cluster_state:ok`.
@@ -106,17 +105,6 @@ class RedisClusterHarness:
         self._clients.clear()
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def cluster_info(self, index: int) -> dict[str, str]:
         """`CLUSTER INFO` of one node as a dict."""

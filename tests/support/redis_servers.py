@@ -121,7 +121,28 @@ def _terminate_everything_left() -> None:
 atexit.register(_terminate_everything_left)
 
 
-class RedisServer:
+class Harness:
+    """`with` starts it and closes it on exit (whatever happened inside)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Harness):
     """One `redis-server` process bound to 127.0.0.1 on a free port, with its files in `directory`.
 
     `appendonly=True` makes acknowledged writes survive `kill()` + `restart()`; `appendfsync`
@@ -252,17 +273,6 @@ class RedisServer:
                 client.close()
         self._clients.clear()
         self.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- clients --------------------------------------------------------------------------------
 
