@@ -483,7 +483,7 @@ def test_a_large_checkpoint_acks_its_entries_in_slices(redis_server: RedisServer
         for i in range(n):
             pipe.xadd(SERIES.stream_key, {"n": i})
         pipe.execute()
-    ids = [entry_id for entry_id, _ in io.read(n, None, pending=False)]
+    ids = [entry_id for entry_id, _ in io.read_new(n, None)]
     assert len(ids) == n
     client.config_resetstat()
     io.ack(ids)

@@ -28,8 +28,7 @@ class SnapshotAssembler:
             enabled = tuple(n for n in enabled if n not in FUT_ONLY_FEATURES)
         self.enabled = enabled
         self.required = required_features(bundle, series.market)
-        self.base_ms = bundle.base_ms
-        base_ms = bundle.base_ms
+        base_ms = self.base_ms = bundle.base_ms
         self._bases_per_window = {
             w: ms // base_ms for w, ms in INTERVAL_MS.items() if ms >= base_ms and ms % base_ms == 0
         }

@@ -224,7 +224,7 @@ class Service:
         """Block on one stream until it has new entries (or `block_ms` passed), and process
         them; returns how many were read."""
         entries = self.backoff.call(
-            "read", partial(worker.io.read, self.settings.batch_size, block_ms, False)
+            "read", partial(worker.io.read_new, self.settings.batch_size, block_ms)
         )
         return self._apply_new(worker, entries, self._lost_before(worker, entries))
 

@@ -165,16 +165,18 @@ class StreamIO:
                 return claimed
             start = "(" + _decode(rows[-1]["message_id"])  # exclusive: continue after it
 
-    def read(self, count: int, block_ms: int | None, pending: bool) -> list[Entry]:
-        """Own pending entries (`pending=True`, from the start) or new ones."""
-        if pending:
-            return self.read_pending(count)
+    def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries, waiting up to `block_ms` for some (None: not at all)."""
         return self._read(">", count, block_ms)
 
     def read_new_checked(self, count: int, applied_id: str) -> tuple[list[Entry], bool]:
         """New entries (no blocking), and whether this consumer also holds entries after
         `applied_id` that came before them: delivered by an earlier read whose reply was lost
-        (see the service loop). One round trip: the XPENDING runs right after the read."""
+        (see the service loop). One round trip: the XPENDING runs right after the read.
+
+        Not for blocking reads: a pipeline prefixes the error of each failed command ("Command
+        # 1 (...) of pipeline caused error: UNBLOCKED ..."), and `is_retryable` recognises the
+        UNBLOCKED of a blocked read whose key migrated by how its message starts."""
         pipe = self.client.pipeline(transaction=False)
         pipe.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count)
         pipe.xpending_range(
