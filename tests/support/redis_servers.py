@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -121,14 +122,14 @@ def _terminate_everything_left() -> None:
 atexit.register(_terminate_everything_left)
 
 
-class Harness:
+class Harness(ABC):
     """`with` starts it and closes it on exit (whatever happened inside)."""
 
-    def start(self) -> Self:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> Self: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> Self:
         return self.start()
