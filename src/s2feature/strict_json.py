@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["NonFiniteError", "encode", "non_finite_path"]
+__all__ = ["NonFiniteError", "all_finite", "encode", "encode_checked", "non_finite_path"]
 
 
 class NonFiniteError(ValueError):
@@ -41,7 +41,7 @@ _NESTED: Final = frozenset({dict, list, tuple})
 _isfinite: Final = math.isfinite
 
 
-def _all_finite(value: Any) -> bool:
+def all_finite(value: Any) -> bool:
     """Whether no exact float inside `value` is NaN or infinite (float subclasses are checked by
     the encoder's hook). Written for speed: it runs on every document the service writes."""
     kind = type(value)
@@ -68,7 +68,7 @@ def _all_finite(value: Any) -> bool:
         if kind is float:
             if not _isfinite(item):
                 return False
-        elif kind in _NESTED and not _all_finite(item):
+        elif kind in _NESTED and not all_finite(item):
             return False
     return True
 
@@ -94,6 +94,13 @@ def non_finite_path(value: Any, path: str = "") -> str | None:
 def encode(doc: Any) -> bytes:
     """Compact UTF-8 JSON of `doc`. NonFiniteError for NaN or infinities, TypeError for values
     JSON has no type for (and for dict keys other than strings and numbers)."""
-    if not _all_finite(doc):
+    if not all_finite(doc):
         raise NonFiniteError(f"non-finite number at {non_finite_path(doc)}")
+    return _ENCODER.encode(doc)
+
+
+def encode_checked(doc: Any) -> bytes:
+    """`encode` of a document whose exact floats the caller has already checked (see
+    `all_finite`), or one holding pre-encoded `msgspec.Raw` texts; float subclasses are still
+    checked. msgspec would write a non-finite exact float as `null`: never pass unchecked ones."""
     return _ENCODER.encode(doc)

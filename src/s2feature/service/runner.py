@@ -21,6 +21,7 @@ takes over, with the entries the first left pending, when the first stops or its
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -70,6 +71,27 @@ def applied_id(worker: SeriesWorker) -> str:
     """ID of the newest entry whose effects the worker's state holds ("0-0" when none)."""
     ms, seq = worker.applied
     return f"{ms}-{seq}"
+
+
+# Container allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD: Final = 10_000
+
+
+def quiet_garbage_collector() -> None:
+    """Keep the cyclic garbage collector out of the service loop.
+
+    Everything built before the loop (modules, settings, restored state) lives as long as the
+    process: `gc.freeze()` moves it out of the collector's sight, so a full collection no longer
+    walks it. A batch allocates and frees thousands of containers; with CPython's default
+    threshold of 700, some 60 young collections a second found almost nothing to free, and the
+    survivors' full collections walked the whole process. Measured over the service benchmark's
+    burst runs (`gc.callbacks`): 66 ms of collections a run (2.4% of it) before, 15 ms after,
+    most of that the one full collection here.
+    """
+    gc.collect()
+    gc.freeze()
+    _, *older = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
 
 
 class Abandoned(Exception):  # noqa: N818 - control flow, not an error
@@ -328,6 +350,7 @@ class Service:
         """Run until stopped (or, with `idle_exit_s`, until idle that long: burst mode)."""
         try:
             self.start()
+            quiet_garbage_collector()
             idle_since = time.monotonic()
             while not self.stop.is_set():
                 if self.run_once(self.settings.block_ms):

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
 from s2feature.domain import Bar, SeriesId, Snapshot
@@ -28,7 +30,8 @@ from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
-from s2feature.store.base import SignalRow, Store, dqc_fail_event_id, prepare_signal
+from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
+from s2feature.store.snapshot_rows import prepare_snapshot
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
 CHECKPOINT_VERSION = 1
@@ -80,7 +83,8 @@ class SeriesWorker:
         self.engine = SymbolEngine(self.series, self.settings.windows, bundle)
         self.applied = (0, 0)
         self.bars_until = -1  # close time of the newest base bar the engine has seen
-        self.latest: dict[str, dict[str, Any]] = {}
+        # window -> (t0, JSON text) of the newest emitted payload, for `feat:last`
+        self.latest: dict[str, tuple[int, str]] = {}
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -98,7 +102,10 @@ class SeriesWorker:
             self.engine.restore(state["engine"])
             self.applied = entry_id_tuple(state["applied"])
             self.bars_until = int(state["bars_until"])
-            self.latest = dict(state["latest"])
+            self.latest = {
+                window: (int(payload["t0"]), strict_json.encode(payload).decode())
+                for window, payload in state["latest"].items()
+            }
             return f"checkpoint at entry {state['applied']}"
         self._fresh_state()
         history = self.lake.read(self.series.symbol)
@@ -114,8 +121,15 @@ class SeriesWorker:
             "bars_until": self.bars_until,
             "ingestor": self.ingestor.snapshot(),
             "engine": self.engine.snapshot(),
-            "latest": self.latest,
+            "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
         }
+
+    def _last_document(self) -> bytes:
+        """`feat:last`: the newest emitted payload of every window, with the newest t0. The
+        payloads are embedded as the texts that were emitted (checked when they were made)."""
+        newest = max(t0 for t0, _ in self.latest.values())
+        windows = {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()}
+        return strict_json.encode_checked({"t0": newest, "windows": windows})
 
     # -- compute -------------------------------------------------------------------------------
 
@@ -171,16 +185,15 @@ class SeriesWorker:
 
     def _route(self, snap: Snapshot, out: BatchOutputs, realtime: bool, persist_all: bool) -> None:
         out.snapshots += 1
-        payload = snap.to_payload("realtime", int(time.time() * 1000))
         store, emit = routing(snap, realtime, persist_all)
         if store or emit:
             # Checked and encoded once: the stored document and the emitted `data` are one text.
-            row = prepare_signal(payload)
+            row = prepare_snapshot(snap, "realtime", int(time.time() * 1000))
             if store:
                 out.signals.append(row)
             if emit:
                 out.emits.append((snap.t0, snap.window, row.json_text))
-                self.latest[snap.window] = payload
+                self.latest[snap.window] = (snap.t0, row.json_text)
         if not snap.dqc.passed:
             out.events.append(
                 {
@@ -233,8 +246,7 @@ class SeriesWorker:
             self.io.dead_letter(entry_id, fields, reasons)
         last = None
         if out.emits:
-            newest = max(p["t0"] for p in self.latest.values())
-            last = strict_json.encode({"t0": newest, "windows": self.latest})
+            last = self._last_document()
         settings = self.settings
         emitted = self.io.publish(out.emits, settings.emit_maxlen, last, settings.last_ttl_s)
         # Registered only once every write above has landed, and with no I/O after it, so a

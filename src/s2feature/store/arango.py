@@ -277,7 +277,8 @@ class ArangoStore:
 
     def _upsert_signal_rows(self, rows: Sequence[SignalRow]) -> None:
         keys = [row.signal_id for row in rows]
-        self._upsert(SIGNALS, keys, [to_arango_document(r.doc, r.signal_id) for r in rows])
+        docs = [to_arango_document(json.loads(r.json_text), r.signal_id) for r in rows]
+        self._upsert(SIGNALS, keys, docs)
 
     def _upsert_event_rows(self, rows: Sequence[EventRow]) -> None:
         keys = [row.event_id for row in rows]

@@ -141,13 +141,13 @@ def recompute_event_id(task_id: str) -> str:
 
 
 class SignalRow(NamedTuple):
-    """A checked signal document with its indexed columns and its JSON text."""
+    """A checked signal document: its indexed columns and its JSON text, which is what every
+    backend stores (the document is that text decoded)."""
 
     signal_id: str
     symbol: str
     window: str
     t0: int
-    doc: Mapping[str, Any]
     json_text: str
 
 
@@ -235,7 +235,7 @@ def prepare_signal(doc: Mapping[str, Any]) -> SignalRow:
     if signal_id != f"{symbol}:{window}:{t0}":
         raise StoreError(f"{what}: signal_id must be '<symbol>:<window>:<t0>'")
     _check_reserved(doc, what)
-    return SignalRow(signal_id, symbol, window, t0, doc, encode_json(doc, what))
+    return SignalRow(signal_id, symbol, window, t0, encode_json(doc, what))
 
 
 def prepare_event(doc: Mapping[str, Any]) -> EventRow:

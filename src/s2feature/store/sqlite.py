@@ -22,12 +22,14 @@ from typing import Any, Final
 from s2feature.domain import WINDOWS
 from s2feature.store.base import (
     SignalDoc,
+    SignalRow,
     StoreError,
     StoreUnavailable,
     is_valid_key,
     prepare_events,
     prepare_signals,
 )
+from s2feature.store.wal_checkpoint import WalCheckpointer
 
 DEFAULT_BUSY_TIMEOUT_S: Final = 5.0
 
@@ -141,9 +143,13 @@ class SqliteStore:
             )
             try:
                 _initialise(self._conn, deadline=time.monotonic() + busy_timeout_s)
+                # Checkpoints run on a thread of their own, started by the first write.
+                self._conn.execute("PRAGMA wal_autocheckpoint=0")
             except BaseException:
                 self._conn.close()
                 raise
+        self._busy_timeout_s = busy_timeout_s
+        self._checkpointer: WalCheckpointer | None = None
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -161,9 +167,13 @@ class SqliteStore:
         writes = tuple((statement, rows) for statement, rows in writes if rows)
         if not writes:
             return
-        with self._locked(action) as conn, _immediate_transaction(conn):
-            for statement, rows in writes:
-                conn.executemany(statement, rows)
+        with self._locked(action) as conn:
+            with _immediate_transaction(conn):
+                for statement, rows in writes:
+                    conn.executemany(statement, rows)
+            if self._checkpointer is None:
+                self._checkpointer = WalCheckpointer(self.path, self._busy_timeout_s)
+            self._checkpointer.written()
 
     def upsert_signals(self, docs: Sequence[SignalDoc]) -> None:
         """Replace-or-insert snapshot payloads keyed by `signal_id`, in one transaction."""
@@ -252,11 +262,13 @@ class SqliteStore:
                 return
             self._closed = True
             with translate_sqlite_errors("close"):
-                self._conn.close()
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+                self._conn.close()  # the last connection to close checkpoints the whole WAL
 
 
-def _signal_rows(docs: Sequence[SignalDoc]) -> list[tuple[Any, ...]]:
-    return [(r.signal_id, r.symbol, r.window, r.t0, r.json_text) for r in prepare_signals(docs)]
+def _signal_rows(docs: Sequence[SignalDoc]) -> list[SignalRow]:
+    return prepare_signals(docs)  # rows are the table's columns, in its order
 
 
 def _event_rows(docs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
