@@ -118,7 +118,10 @@ class MarketEvent:
     depth_ask_usdt: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Bars and snapshots are values: nothing changes one after it is built. They are not declared
+# frozen because a frozen dataclass sets each field through `object.__setattr__`: building a Bar
+# took 2.4 µs instead of 0.6 µs, and the service builds one or two per base bar and window.
+@dataclass(slots=True)
 class Bar:
     """A final bar with the tick values as of its close.
 
@@ -280,7 +283,7 @@ class Dqc:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, not frozen: see Bar
 class Snapshot:
     """One feature snapshot for `(symbol, window, t0)` (SPEC §4), before it is output."""
 

@@ -18,7 +18,7 @@ import numpy as np
 from s2feature.domain import Bar, BarArrays
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, not frozen: see domain.Bar
 class FinalWBar:
     bar: Bar
     inputs_until: int  # close time of the last base bar it holds (<= bar.close_time)

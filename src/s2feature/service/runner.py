@@ -42,6 +42,7 @@ from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
 from s2feature.streams.lease import LeaseLost, StreamLease
+from s2feature.streams.read_ahead import ReadAhead
 from s2feature.streams.redis_io import (
     AnyRedis,
     Entry,
@@ -235,12 +236,55 @@ class Service:
             cursor = ids[-1]
         return handled
 
-    def _consume_new(self, worker: SeriesWorker) -> int:
-        """Read one batch of new entries of a stream without blocking and process it; returns
-        how many were read."""
-        read = partial(worker.io.read_new_checked, self.settings.batch_size, applied_id(worker))
-        entries, lost = self.backoff.call("read", read)
+    def _consume_new(self, worker: SeriesWorker, ahead: ReadAhead | None = None) -> int:
+        """Read one batch of new entries of a stream without blocking (or collect the read sent
+        `ahead`) and process it; returns how many were read."""
+        collected = None
+        if ahead is not None:
+            try:
+                collected = ahead.result()
+            except redis.RedisError as exc:
+                if not is_retryable(exc):
+                    raise
+                # The ordinary read below retries, and its lost-reply check finds whatever
+                # this read may have delivered.
+                log.warning("%s: read ahead failed (%s); reading again", worker.series.symbol, exc)
+        if collected is None:
+            read = partial(worker.io.read_new_checked, self.settings.batch_size, applied_id(worker))
+            collected = self.backoff.call("read", read)
+        entries, lost = collected
         return self._apply_new(worker, entries, lost)
+
+    def _read_ahead(self, worker: SeriesWorker) -> ReadAhead | None:
+        """Send the worker's next read now, to be collected by `_consume_new` (standalone Redis
+        only, see `streams/read_ahead.py`); None where it cannot be sent."""
+        if isinstance(self.client, RedisCluster):
+            return None
+        try:
+            return ReadAhead(worker.io, self.settings.batch_size, applied_id(worker))
+        except redis.RedisError as exc:
+            if not is_retryable(exc):
+                raise
+            return None  # `_consume_new` reads the ordinary way, with retries
+
+    def _consume_all(self, owned: list[SeriesWorker]) -> int:
+        """One batch of new entries of every owned stream, in turn. Each stream's read is sent
+        before the previous stream's batch is processed, so Redis prepares it meanwhile."""
+        handled = 0
+        ahead = self._read_ahead(owned[0]) if owned else None
+        try:
+            for index, worker in enumerate(owned):
+                current = ahead
+                ahead = self._read_ahead(owned[index + 1]) if index + 1 < len(owned) else None
+                if worker.io.key not in self.owned:  # lost while an earlier stream was served
+                    if current is not None:
+                        current.discard()
+                    continue
+                handled += self._guarded(worker, partial(self._consume_new, worker, current))
+        finally:
+            if ahead is not None:
+                ahead.discard()  # only when leaving early: its entries stay pending for us
+        return handled
 
     def _wait_on(self, worker: SeriesWorker, block_ms: int) -> int:
         """Block on one stream until it has new entries (or `block_ms` passed), and process
@@ -322,9 +366,7 @@ class Service:
         """Read and process one batch of every owned stream. Returns the number of entries
         handled."""
         self.keep_leases()
-        handled = 0
-        for worker in self._owned_workers():
-            handled += self._guarded(worker, partial(self._consume_new, worker))
+        handled = self._consume_all(self._owned_workers())
         if handled == 0:
             # A steady input goes idle between batches: only checkpoint when one is due.
             self.flush_all(force=False)

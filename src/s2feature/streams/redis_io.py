@@ -120,6 +120,15 @@ def entry_id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def lost_before(entries: Sequence[Entry], first_pending_id: str | None) -> bool:
+    """Whether a batch of new entries was preceded by entries delivered to a lost reply, given
+    the first entry this consumer holds pending after the last applied one (read right after
+    the batch, so the batch itself is pending too: only an older pending entry was lost)."""
+    if first_pending_id is None:
+        return False
+    return not entries or first_pending_id != entries[0][0]
+
+
 class StreamIO:
     """Consumer-group reads and the outputs of one series."""
 
@@ -189,11 +198,8 @@ class StreamIO:
         )
         reply, pending = pipe.execute()
         entries = _entries_by_stream(reply).get(self.key, [])
-        if not pending:
-            return entries, False
-        # The batch itself is pending now: only an older pending entry was lost.
-        first_pending = _decode(pending[0]["message_id"])
-        return entries, not entries or first_pending != entries[0][0]
+        first_pending = _decode(pending[0]["message_id"]) if pending else None
+        return entries, lost_before(entries, first_pending)
 
     def read_pending(self, count: int, after_id: str = "0") -> list[Entry]:
         """Entries delivered to this consumer and not acked yet, with IDs above `after_id`, oldest

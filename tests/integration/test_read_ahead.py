@@ -1,0 +1,131 @@
+"""Reads sent ahead (`streams/read_ahead.py`) against a real redis-server: the same batches and
+lost-reply verdicts as the ordinary read, and a service whose reads ahead lose their replies
+still processes every entry once, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from s2feature.domain import SeriesId
+from s2feature.lake.parquet import BarLake
+from s2feature.service import runner
+from s2feature.service.runner import Service
+from s2feature.service.settings import load_settings
+from s2feature.store.sqlite import SqliteStore
+from s2feature.streams.read_ahead import ReadAhead
+from s2feature.streams.redis_io import StreamIO
+from tests.support import service_checks as checks
+from tests.support.redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+SERIES = SeriesId("binance", "fut", "BTCUSDT")
+
+
+def stream_io(client: redis.Redis, group: str) -> StreamIO:
+    client.xgroup_create(SERIES.stream_key, group, id="0", mkstream=True)
+    return StreamIO(client, SERIES, group, "c1", lease=None)  # type: ignore[arg-type]
+
+
+def fill(client: redis.Redis, n: int) -> list[str]:
+    entries = checks.input_entries(SERIES, checks.input_bars(SERIES, n, seed=3), seed=3)[:n]
+    added: list[Any] = [client.xadd(SERIES.stream_key, f) for f in entries]  # type: ignore[arg-type]
+    return [entry_id.decode() for entry_id in added]
+
+
+def in_use(client: redis.Redis) -> int:
+    return len(client.connection_pool._in_use_connections)
+
+
+# The service's client speaks RESP3 (redis-py's default); RESP2 replies have another shape.
+@pytest.mark.parametrize("protocol", [None, 2], ids=["default", "resp2"])
+def test_a_read_ahead_gives_the_batches_of_the_ordinary_read(
+    redis_server: RedisServer, protocol: int | None
+) -> None:
+    client = redis_server.client(protocol=protocol)
+    ids = fill(client, 25)
+    ordinary, ahead = stream_io(client, "ordinary"), stream_io(client, "ahead")
+    applied = "0-0"
+    for _ in range(4):  # 10, 10, 5, then nothing
+        expected = ordinary.read_new_checked(10, applied)
+        got = ReadAhead(ahead, 10, applied).result()
+        assert got == expected
+        assert in_use(client) == 0
+        if got[0]:
+            applied = got[0][-1][0]
+    assert applied == ids[-1]
+    assert got == ([], False)
+
+
+def test_entries_of_a_discarded_read_are_reported_as_lost(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    ids = fill(client, 30)
+    io = stream_io(client, "s2")
+    first, _ = ReadAhead(io, 10, "0-0").result()
+    ReadAhead(io, 10, first[-1][0]).discard()  # Redis delivered entries 11-20; nobody saw them
+    assert in_use(client) == 0
+    entries, lost = ReadAhead(io, 10, first[-1][0]).result()
+    assert [entry_id for entry_id, _ in entries] == ids[20:30]
+    assert lost  # the caller processes the pending entries first
+    assert io.read_new_checked(10, first[-1][0]) == ([], True)
+
+
+def test_a_result_is_taken_once(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    fill(client, 3)
+    read = ReadAhead(stream_io(client, "s2"), 10, "0-0")
+    assert len(read.result()[0]) == 3
+    with pytest.raises(RuntimeError):
+        read.result()
+    read.discard()  # harmless once the result is taken
+
+
+class LosesEveryThirdReply(ReadAhead):
+    """A read ahead whose reply is lost after Redis executed it, every third time (a socket
+    timeout during a stall): its entries are delivered to the consumer but never seen."""
+
+    reads = 0
+    lost_entries = 0
+
+    def result(self) -> tuple[list[Any], bool]:
+        entries, lost = super().result()
+        type(self).reads += 1
+        if type(self).reads % 3 == 0:
+            type(self).lost_entries += len(entries)
+            raise redis.TimeoutError("Timeout reading from socket (injected)")
+        return entries, lost
+
+
+def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "ReadAhead", LosesEveryThirdReply)
+    other = SeriesId("binance", "fut", "ETHUSDT")
+    client = redis_server.client()
+    inputs = {}
+    for index, series in enumerate((SERIES, other)):
+        bars = checks.input_bars(series, 700, seed=40 + index)
+        entries = checks.input_entries(series, bars, seed=40 + index)
+        checks.add_entries(client, series, entries)
+        inputs[series] = (bars, entries)
+    env = {
+        "S2_REDIS_ADDRESSES": f"127.0.0.1:{redis_server.port}",
+        "S2_SYMBOLS": "binance:fut:BTCUSDT,binance:fut:ETHUSDT",
+        "S2_WINDOWS": "1m,5m,1h",
+        "S2_CONSUMER_NAME": "test-consumer",
+        "S2_BATCH_SIZE": "50",
+        "S2_DB_SQLITE_PATH": str(tmp_path / "s2.db"),
+        "S2_LAKE_DIR": str(tmp_path / "lake"),
+    }
+    settings = load_settings(env)
+    store = SqliteStore(tmp_path / "s2.db")
+    service = Service(settings, redis_server.client(), store, BarLake(tmp_path / "lake"))
+    service.run(idle_exit_s=0.3)
+    store.close()
+    assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
+    for series, (bars, entries) in inputs.items():
+        checks.assert_run_complete(client, series, env, bars, entries)
