@@ -41,8 +41,8 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
+from s2feature.streams.ahead import ReadAhead
 from s2feature.streams.lease import LeaseLost, StreamLease
-from s2feature.streams.read_ahead import ReadAhead
 from s2feature.streams.redis_io import (
     AnyRedis,
     Entry,
@@ -133,8 +133,12 @@ class Service:
         self.owned: set[str] = set()  # stream keys whose lease this consumer holds
         self._lease_period_s = settings.claim_idle_ms / 3000  # renew 3 times per TTL
         self._leases_checked_at = -math.inf
-        self.emitted = 0
         self.batches = 0
+
+    @property
+    def emitted(self) -> int:
+        """New `feat:events` entries written so far (replays rejected by Redis not counted)."""
+        return sum(worker.emitted for worker in self.workers.values())
 
     def _stream_io(self, series: SeriesId) -> StreamIO:
         s = self.settings
@@ -347,7 +351,10 @@ class Service:
         self, worker: SeriesWorker, entries: list[Entry], counts: dict[str, int] | None
     ) -> None:
         outputs: BatchOutputs = worker.compute(entries, counts)
-        self.emitted += self.backoff.call("commit", partial(worker.commit, outputs))
+        # The previous batch's emit script ran in Redis while this one was computed; the commit
+        # settles it first (see SeriesWorker.commit).
+        self.backoff.call("settle", worker.settle)
+        self.backoff.call("commit", partial(worker.commit, outputs))
         self.batches += 1
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))
 
@@ -402,6 +409,8 @@ class Service:
             self.flush_all(force=True)
         except Abandoned as exc:
             log.info("shutdown during %s: batch abandoned unacked", exc)
+            for worker in self.workers.values():
+                worker.discard_unsettled()
         self.release_leases()
         log.info("stopped after %d batches, %d emits", self.batches, self.emitted)
         return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import redis
 
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
@@ -32,6 +33,7 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
+from s2feature.streams.ahead import PublishAhead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
 CHECKPOINT_VERSION = 1
@@ -47,6 +49,7 @@ class BatchOutputs:
     ack_ids: list[str] = field(default_factory=list)
     last_id: str | None = None  # newest entry whose effects the state now holds
     snapshots: int = 0
+    last: bytes | None = None  # the `feat:last` document as of this batch, when it emits
 
 
 def routing(snapshot: Snapshot, realtime: bool, persist_all: bool) -> tuple[bool, bool]:
@@ -75,6 +78,10 @@ class SeriesWorker:
         self._unlaked: list[Bar] = []  # their base bars, appended to the lake at that checkpoint
         self._unsaved_id: str | None = None
         self._flushed_at = time.monotonic()
+        # The last commit's batch and its emit script, until `settle` collects the reply (the
+        # script is None when it was not sent ahead, or its reply failed: settle runs it).
+        self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
+        self.emitted = 0  # new emits, replays not counted
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -91,6 +98,7 @@ class SeriesWorker:
     def forget(self) -> None:
         """Drop the in-memory state and everything not yet checkpointed (the stream was taken
         over by another consumer: its entries stay pending for the new owner)."""
+        self.discard_unsettled()
         self._unacked, self._unlaked, self._unsaved_id = [], [], None
         self._fresh_state()
 
@@ -151,6 +159,9 @@ class SeriesWorker:
         mode = self.settings.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
+        if out.emits:
+            # Taken now: the next batch may be computed before this one's commit is settled.
+            out.last = self._last_document()
         return out
 
     def _ingest(
@@ -230,38 +241,70 @@ class SeriesWorker:
 
     # -- commit --------------------------------------------------------------------------------
 
-    def commit(self, out: BatchOutputs) -> int:
-        """Write a computed batch: store, dead letters, emits, `feat:last`; safe to call again
-        after a failure. Returns the number of new emits (replays rejected by Redis are not
-        counted).
+    def commit(self, out: BatchOutputs) -> None:
+        """Write a computed batch: store, dead letters, then emits and `feat:last`; safe to call
+        again after a failure.
 
-        The batch's base bars go to the lake and its entries are acked later, by `flush`,
-        together with a checkpoint that holds their effects: a checkpoint carries the whole
-        engine state (megabytes with 30 days of one-minute returns), so it is written at most
-        once per `checkpoint_ms`, not per batch.
+        On a standalone server the emit script is sent and its reply left for `settle`, so that
+        Redis runs it while the service computes the next batch; on a cluster it is waited for
+        here. Either way the batch counts as written only once the reply is in: its base bars go
+        to the lake and its entries are acked later, by `flush`, together with a checkpoint that
+        holds their effects. A checkpoint carries the whole engine state (megabytes with 30 days
+        of one-minute returns), so it is written at most once per `checkpoint_ms`.
         """
+        self.settle()  # the previous batch's emits come first (callers settle it already)
         if out.signals or out.events:
             self.store.write_batch(out.signals, out.events)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
-        last = None
-        if out.emits:
-            last = self._last_document()
-        settings = self.settings
-        emitted = self.io.publish(out.emits, settings.emit_maxlen, last, settings.last_ttl_s)
-        # Registered only once every write above has landed, and with no I/O after it, so a
-        # retried commit cannot register the same entries twice.
+        sent = None
+        if out.emits and isinstance(self.io.client, redis.Redis):
+            keys, args = self.io.emit_request(
+                out.emits, self.settings.emit_maxlen, out.last, self.settings.last_ttl_s
+            )
+            sent = PublishAhead(self.io, keys, args)
+        self._unsettled = (out, sent)
+        if sent is None:
+            self.settle()
+
+    def settle(self) -> None:
+        """Finish the last commit: collect its emit script's reply (or run the script now when
+        there was none, or when the reply failed: emits that landed are replays it skips), then
+        register the batch for the next `flush`. Nothing to do when every commit is settled."""
+        if self._unsettled is None:
+            return
+        out, sent = self._unsettled
+        if sent is not None:
+            self._unsettled = (out, None)  # a failed reply is not read again: a retry publishes
+            self.emitted += sent.result()
+        else:
+            settings = self.settings
+            self.emitted += self.io.publish(
+                out.emits, settings.emit_maxlen, out.last, settings.last_ttl_s
+            )
+        # Registered only once every write has landed, and with no I/O after it, so a retried
+        # settle cannot register the same entries twice.
+        self._unsettled = None
         self._unacked.extend(out.ack_ids)
         self._unlaked.extend(out.bars)
         if out.last_id is not None:
             self._unsaved_id = out.last_id
-        return emitted
+
+    def discard_unsettled(self) -> None:
+        """Drop the last commit's unread reply (shutdown, or the stream was taken over): its
+        batch is not registered, so its entries are never acked by this consumer."""
+        if self._unsettled is not None and self._unsettled[1] is not None:
+            self._unsettled[1].discard()
+        self._unsettled = None
 
     def flush(self, force: bool = False) -> int:
         """Checkpoint (when the state moved) and ack every committed entry, if due or forced.
         Returns the number of entries acked."""
         now = time.monotonic()
-        if not self._unacked or (not force and now - self._flushed_at < self._checkpoint_s):
+        if not force and now - self._flushed_at < self._checkpoint_s:
+            return 0
+        self.settle()
+        if not self._unacked:
             return 0
         if self._unlaked:
             # One lake part per checkpoint rather than per batch; an entry is acked only after

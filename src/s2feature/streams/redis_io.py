@@ -271,17 +271,37 @@ class StreamIO:
         """
         if not items:
             return 0
+        keys, args = self.emit_request(items, maxlen, last, last_ttl_s)
+        new = self.run_emit_script(keys, args)
+        if last is not None and len(keys) == 1:
+            self.client.set(last_key(self.series.symbol), last, ex=last_ttl_s)
+        return new
+
+    def emit_request(
+        self,
+        items: Sequence[tuple[int, str, str | bytes]],
+        maxlen: int,
+        last: bytes | None,
+        last_ttl_s: int,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the emit script for `publish`; `feat:last` is among the keys when
+        the script can set it (there is one, and the client is not a cluster's)."""
         keys = [events_key(self.series.symbol)]
         args: list[Any] = [maxlen, last or b"", last_ttl_s]
         for t0, window, data in items:
             args += (f"{t0}-{window_index(window)}", data)
-        together = last is not None and not isinstance(self.client, RedisCluster)
-        if together:
+        if last is not None and not isinstance(self.client, RedisCluster):
             keys.append(last_key(self.series.symbol))
-        new = int(self._emit(keys=keys, args=args))
-        if last is not None and not together:
-            self.client.set(last_key(self.series.symbol), last, ex=last_ttl_s)
-        return new
+        return keys, args
+
+    def run_emit_script(self, keys: Sequence[str], args: Sequence[Any]) -> int:
+        """Run the emit script (loading it when the server does not have it); new emits."""
+        return int(self._emit(keys=keys, args=args))
+
+    @property
+    def emit_sha(self) -> str:
+        """SHA1 of the emit script, for `EVALSHA` sent by other means (`streams/ahead.py`)."""
+        return str(self._emit.sha)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and

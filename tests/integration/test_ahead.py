@@ -1,6 +1,7 @@
-"""Reads sent ahead (`streams/read_ahead.py`) against a real redis-server: the same batches and
-lost-reply verdicts as the ordinary read, and a service whose reads ahead lose their replies
-still processes every entry once, in order."""
+"""Commands sent ahead (`streams/ahead.py`) against a real redis-server: reads give the batches
+and lost-reply verdicts of the ordinary read, emit scripts the emits of the ordinary publish, and
+a service whose reads or emit scripts lose their replies still processes and emits every entry
+once, in order."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import redis
 from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
 from s2feature.service import runner
+from s2feature.service import worker as worker_module
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.read_ahead import ReadAhead
-from s2feature.streams.redis_io import StreamIO
+from s2feature.streams.ahead import PublishAhead, ReadAhead
+from s2feature.streams.redis_io import StreamIO, events_key, last_key
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 
@@ -35,6 +37,18 @@ def fill(client: redis.Redis, n: int) -> list[str]:
     entries = checks.input_entries(SERIES, checks.input_bars(SERIES, n, seed=3), seed=3)[:n]
     added: list[Any] = [client.xadd(SERIES.stream_key, f) for f in entries]  # type: ignore[arg-type]
     return [entry_id.decode() for entry_id in added]
+
+
+def service_env(server: RedisServer, tmp_path: Path, symbols: str) -> dict[str, str]:
+    return {
+        "S2_REDIS_ADDRESSES": f"127.0.0.1:{server.port}",
+        "S2_SYMBOLS": symbols,
+        "S2_WINDOWS": "1m,5m,1h",
+        "S2_CONSUMER_NAME": "test-consumer",
+        "S2_BATCH_SIZE": "50",
+        "S2_DB_SQLITE_PATH": str(tmp_path / "s2.db"),
+        "S2_LAKE_DIR": str(tmp_path / "lake"),
+    }
 
 
 def in_use(client: redis.Redis) -> int:
@@ -112,15 +126,7 @@ def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
         entries = checks.input_entries(series, bars, seed=40 + index)
         checks.add_entries(client, series, entries)
         inputs[series] = (bars, entries)
-    env = {
-        "S2_REDIS_ADDRESSES": f"127.0.0.1:{redis_server.port}",
-        "S2_SYMBOLS": "binance:fut:BTCUSDT,binance:fut:ETHUSDT",
-        "S2_WINDOWS": "1m,5m,1h",
-        "S2_CONSUMER_NAME": "test-consumer",
-        "S2_BATCH_SIZE": "50",
-        "S2_DB_SQLITE_PATH": str(tmp_path / "s2.db"),
-        "S2_LAKE_DIR": str(tmp_path / "lake"),
-    }
+    env = service_env(redis_server, tmp_path, "binance:fut:BTCUSDT,binance:fut:ETHUSDT")
     settings = load_settings(env)
     store = SqliteStore(tmp_path / "s2.db")
     service = Service(settings, redis_server.client(), store, BarLake(tmp_path / "lake"))
@@ -129,3 +135,59 @@ def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
     assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
     for series, (bars, entries) in inputs.items():
         checks.assert_run_complete(client, series, env, bars, entries)
+
+
+# -- emits sent ahead ----------------------------------------------------------------------
+
+
+def emit_items(t0s: range) -> list[tuple[int, str, str]]:
+    return [(t0, "1m", f'{{"t0":{t0}}}') for t0 in t0s]
+
+
+def test_a_publish_ahead_emits_like_the_ordinary_publish(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    io = stream_io(client, "s2")
+    keys, args = io.emit_request(emit_items(range(59_999, 600_000, 60_000)), 1000, b"{}", 60)
+    assert PublishAhead(io, keys, args).result() == 10
+    assert in_use(client) == 0
+    assert PublishAhead(io, keys, args).result() == 0  # replays are skipped, not counted
+    assert client.xlen(events_key(SERIES.symbol)) == 10
+    assert client.get(last_key(SERIES.symbol)) == b"{}"
+    client.script_flush()  # a restarted server has no scripts: the ordinary call loads it
+    keys, args = io.emit_request(emit_items(range(659_999, 660_000, 60_000)), 1000, b"{}", 60)
+    assert PublishAhead(io, keys, args).result() == 1
+    assert client.xlen(events_key(SERIES.symbol)) == 11
+
+
+class LosesEveryThirdPublishReply(PublishAhead):
+    """An emit script whose reply is lost after Redis ran it, every third time."""
+
+    replies = 0
+    lost = 0
+
+    def result(self) -> int:
+        new = super().result()
+        type(self).replies += 1
+        if type(self).replies % 3 == 0:
+            type(self).lost += 1
+            raise redis.ConnectionError("Connection closed by server (injected)")
+        return new
+
+
+def test_a_service_whose_emit_replies_are_lost_emits_everything_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "PublishAhead", LosesEveryThirdPublishReply)
+    client = redis_server.client()
+    bars = checks.input_bars(SERIES, 1600, seed=44)  # emits start after a day
+    entries = checks.input_entries(SERIES, bars, seed=44)
+    checks.add_entries(client, SERIES, entries)
+    env = service_env(redis_server, tmp_path, "binance:fut:BTCUSDT")
+    store = SqliteStore(tmp_path / "s2.db")
+    service = Service(load_settings(env), client, store, BarLake(tmp_path / "lake"))
+    service.run(idle_exit_s=0.3)
+    store.close()
+    assert LosesEveryThirdPublishReply.lost > 0
+    checks.assert_run_complete(client, SERIES, env, bars, entries)  # each emit once, in order
+    # Emits whose reply was lost are counted as replays by the retry: never more than landed.
+    assert 0 < service.emitted <= client.xlen(events_key(SERIES.symbol))
