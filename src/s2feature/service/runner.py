@@ -14,6 +14,11 @@ applied. So every read of new entries is followed by one `XPENDING` for this con
 last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
 not block); anything there is processed first, in stream order.
 
+On a standalone server the service does not wait for Redis twice per batch (`streams/ahead.py`):
+each stream's read is sent before the previous stream's batch is processed, and each batch's
+emit script is collected only before its stream's next commit or checkpoint. A batch's effects
+still land in SPEC order, and its entries are acked only once its emits are confirmed.
+
 A stream is consumed only while this consumer holds its lease (`streams/lease.py`): a second
 instance configured with the same symbol waits instead of splitting the stream's entries, and
 takes over, with the entries the first left pending, when the first stops or its lease expires.
@@ -261,7 +266,7 @@ class Service:
 
     def _read_ahead(self, worker: SeriesWorker) -> ReadAhead | None:
         """Send the worker's next read now, to be collected by `_consume_new` (standalone Redis
-        only, see `streams/read_ahead.py`); None where it cannot be sent."""
+        only, see `streams/ahead.py`); None where it cannot be sent."""
         if isinstance(self.client, RedisCluster):
             return None
         try:
