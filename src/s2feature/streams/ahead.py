@@ -3,7 +3,7 @@
 The service waits on Redis twice per batch: for the read of new entries (an `XREADGROUP` of 200
 entries is about half a millisecond of server time) and for the emit script (about a quarter of
 a millisecond for 50 emits). Sent ahead, Redis does that work while this process computes, which
-took 7% off the service benchmark's burst run:
+took about 6% off the service benchmark's burst run (old and new code alternating):
 
 - `ReadAhead`: the service sends the next stream's read before processing the current batch.
   It is `StreamIO.read_new_checked`: `XREADGROUP` and, right behind it, the `XPENDING` that shows
