@@ -46,7 +46,7 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
-from s2feature.streams.ahead import ReadAhead
+from s2feature.streams.ahead import ReadAhead, sends_ahead
 from s2feature.streams.lease import LeaseLost, StreamLease
 from s2feature.streams.redis_io import (
     AnyRedis,
@@ -267,7 +267,7 @@ class Service:
     def _read_ahead(self, worker: SeriesWorker) -> ReadAhead | None:
         """Send the worker's next read now, to be collected by `_consume_new` (standalone Redis
         only, see `streams/ahead.py`); None where it cannot be sent."""
-        if isinstance(self.client, RedisCluster):
+        if not sends_ahead(self.client):
             return None
         try:
             return ReadAhead(worker.io, self.settings.batch_size, applied_id(worker))
@@ -358,7 +358,6 @@ class Service:
         outputs: BatchOutputs = worker.compute(entries, counts)
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
-        self.backoff.call("settle", worker.settle)
         self.backoff.call("commit", partial(worker.commit, outputs))
         self.batches += 1
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))

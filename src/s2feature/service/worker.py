@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import redis
 
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
@@ -33,7 +32,7 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
-from s2feature.streams.ahead import PublishAhead
+from s2feature.streams.ahead import PublishAhead, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
 CHECKPOINT_VERSION = 1
@@ -252,13 +251,13 @@ class SeriesWorker:
         holds their effects. A checkpoint carries the whole engine state (megabytes with 30 days
         of one-minute returns), so it is written at most once per `checkpoint_ms`.
         """
-        self.settle()  # the previous batch's emits come first (callers settle it already)
+        self.settle()  # the previous batch's emits come first
         if out.signals or out.events:
             self.store.write_batch(out.signals, out.events)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
         sent = None
-        if out.emits and isinstance(self.io.client, redis.Redis):
+        if out.emits and sends_ahead(self.io.client):
             keys, args = self.io.emit_request(
                 out.emits, self.settings.emit_maxlen, out.last, self.settings.last_ttl_s
             )

@@ -31,18 +31,24 @@ import redis
 from s2feature.streams.redis_io import Entry, StreamIO, lost_before
 
 
+def sends_ahead(client: object) -> bool:
+    """Whether commands can be sent ahead on this client: a standalone server's, not a
+    cluster's (whose node depends on the key's slot)."""
+    return isinstance(client, redis.Redis)
+
+
 class _Sent:
     """Commands written to a connection of their own; `_replies` reads theirs, once."""
 
     def __init__(self, client: Any, commands: Sequence[tuple[Any, ...]]) -> None:
-        if not isinstance(client, redis.Redis):
+        if not sends_ahead(client):
             raise TypeError("commands sent ahead need a standalone Redis client")
         self._pool = client.connection_pool
         self._connection: Any = self._pool.get_connection()
         self._count = len(commands)
         try:
-            packed = self._connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            self._connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            packed = self._connection.pack_commands(commands)
+            self._connection.send_packed_command(packed)
         except BaseException:
             self.discard()
             raise
