@@ -66,6 +66,7 @@ from s2feature.domain import WINDOWS, Bar, SeriesId, Snapshot  # noqa: E402
 from s2feature.ingest.decode import decode_entry  # noqa: E402
 from s2feature.ingest.stream import StreamIngestor  # noqa: E402
 from s2feature.lake.parquet import BarLake  # noqa: E402
+from s2feature.service.process import quiet_garbage_collector  # noqa: E402
 from s2feature.service.runner import Service  # noqa: E402
 from s2feature.service.settings import load_settings  # noqa: E402
 from s2feature.store.sqlite import SqliteStore  # noqa: E402
@@ -293,7 +294,8 @@ def run_burst(
     profiler = cProfile.Profile() if profile else None
     with timed_engines(result), profiler or contextlib.nullcontext():
         started = time.perf_counter()
-        service.run(idle_exit_s=0.0)
+        # tuned as `s2-feature run` tunes its process
+        service.run(idle_exit_s=0.0, on_started=quiet_garbage_collector)
         result.seconds = time.perf_counter() - started
     store.close()
     result.emitted = service.emitted

@@ -1,6 +1,8 @@
 """Command line entry point `s2-feature`.
 
-Exit codes: 0 success, 2 bad arguments or unreadable input (with a one-line message on stderr).
+Exit codes: 0 success (also a service stopped by SIGTERM/SIGINT); 2 a bad setting, argument,
+config bundle or input file, with one line on stderr naming it; 1 anything else, with its
+traceback (a bug or an environment failure, never hidden behind a one-line message).
 """
 
 from __future__ import annotations
@@ -8,16 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
-from s2feature.data.importers import KlineFormatError
+from s2feature.config.bundle import ConfigBundle, load_bundle
 from s2feature.domain import WINDOWS, SeriesId
+from s2feature.errors import ConfigurationError
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
 
-class UsageError(Exception):
+class UsageError(ConfigurationError):
     """A bad argument or input file: reported on stderr, exit code 2."""
 
 
@@ -72,11 +75,17 @@ def cmd_compute(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UsageError(f"--out must end in .csv or .parquet, got {out}")
-    bars, fx = load_inputs(req)
+    try:
+        bars, fx = load_inputs(req)
+    except OSError as exc:
+        raise UsageError(f"cannot read input: {exc}") from None
     started = time.perf_counter()
     snapshots = compute(req, bars, fx)
     elapsed = time.perf_counter() - started
-    write_table(snapshots, out)
+    try:
+        write_table(snapshots, out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc}") from None
     passed = sum(s.dqc.passed for s in snapshots)
     print(
         f"{len(bars)} base bars -> {len(snapshots)} snapshots ({passed} pass DQC) "
@@ -93,30 +102,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import logging
-    import os
+    from s2feature.launcher import run_service
+    from s2feature.service.settings import load_settings
 
-    from s2feature.lake.parquet import BarLake
-    from s2feature.service.runner import Service
-    from s2feature.service.settings import SettingsError, load_settings
-    from s2feature.store.factory import open_store
-    from s2feature.streams.redis_io import connect
-
-    logging.basicConfig(
-        level=os.environ.get("S2_LOG_LEVEL", "INFO"),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
-    try:
-        settings = load_settings(os.environ)
-    except SettingsError as exc:
-        raise UsageError(str(exc)) from None
-    store = open_store(os.environ)
-    service = Service(settings, connect(settings.redis), store, BarLake(settings.lake_dir))
-    service.install_signal_handlers()
-    try:
-        return service.run(idle_exit_s=args.burst)
-    finally:
-        store.close()
+    return run_service(load_settings(), idle_exit_s=args.burst)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (UsageError, BundleError, KlineFormatError, ValueError) as exc:
+    except ConfigurationError as exc:
         print(f"s2-feature {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"s2-feature {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
     return code
 
 

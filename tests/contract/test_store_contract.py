@@ -25,6 +25,7 @@ from s2feature.store import (
     SqliteStore,
     Store,
     StoreError,
+    StoreSettings,
     StoreUnavailable,
     dqc_fail_event_id,
     open_store,
@@ -474,7 +475,7 @@ def test_factory_defaults_to_sqlite_under_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = open_store({})
+    store = open_store(StoreSettings())
     try:
         assert isinstance(store, SqliteStore)
         store.upsert_signals([signal()])
@@ -485,7 +486,7 @@ def test_factory_defaults_to_sqlite_under_the_working_directory(
 
 def test_factory_uses_the_configured_sqlite_path(tmp_path: Path) -> None:
     path = tmp_path / "elsewhere" / "signals.db"
-    store = open_store({"S2_DB_SQLITE_PATH": str(path), "S2_DB_ARANGO_URI": ""})
+    store = open_store(StoreSettings(sqlite_path=path))
     try:
         assert isinstance(store, SqliteStore)
         assert store.path == path
@@ -495,7 +496,9 @@ def test_factory_uses_the_configured_sqlite_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_factory_picks_arangodb_when_its_uri_is_set() -> None:
+def test_factory_opens_arangodb_when_chosen() -> None:
     # nothing listens there: the ArangoDB backend was chosen and reports itself unavailable
     with pytest.raises(StoreUnavailable, match="arangodb"):
-        open_store({"S2_DB_ARANGO_URI": f"http://127.0.0.1:{_closed_local_port()}"})
+        open_store(
+            StoreSettings(backend="arango", arango_uri=f"http://127.0.0.1:{_closed_local_port()}")
+        )

@@ -13,7 +13,7 @@ import redis
 
 from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
-from s2feature.service import runner
+from s2feature.service import reads
 from s2feature.service import worker as worker_module
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
@@ -117,7 +117,7 @@ class LosesEveryThirdReply(ReadAhead):
 def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "ReadAhead", LosesEveryThirdReply)
+    monkeypatch.setattr(reads, "ReadAhead", LosesEveryThirdReply)
     other = SeriesId("binance", "fut", "ETHUSDT")
     client = redis_server.client()
     inputs = {}

@@ -24,7 +24,8 @@ from redis.cluster import RedisCluster
 
 from s2feature.domain import BarArrays, SeriesId
 from s2feature.lake.parquet import BarLake
-from s2feature.service.runner import Backoff, Service
+from s2feature.service.retry import Backoff
+from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.redis_io import AnyRedis, cache_key, connect, events_key

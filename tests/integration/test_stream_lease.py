@@ -138,7 +138,7 @@ def test_a_second_instance_waits_and_takes_over_when_the_first_stops(
     first_store.close()
     assert client.get(lease_key(SERIES.symbol)) is None
     # host-b takes over at its next lease round and finishes the stream from the checkpoint.
-    second.keep_leases(force=True)
+    second.ownership.keep(force=True)
     assert second.owned == {SERIES.stream_key}
     second.run(idle_exit_s=0.3)
     second_store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from s2feature.service.runner import CLUSTER_IDLE_BLOCK_MS, idle_block_ms
+from s2feature.service.reads import CLUSTER_IDLE_BLOCK_MS, idle_block_ms
 
 
 @pytest.mark.parametrize(

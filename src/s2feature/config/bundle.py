@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2feature.domain import FEATURES, INTERVAL_MS
+from s2feature.errors import ConfigurationError
 
 DEFAULT_REQUIRED: tuple[str, ...] = (
     "atr_14",
@@ -124,7 +125,7 @@ class ConfigBundle(_Frozen):
         return parse_bundle(merged, origin="override")
 
 
-class BundleError(ValueError):
+class BundleError(ConfigurationError):
     """A config bundle that cannot be read or does not validate; the message names each field."""
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from s2feature.domain import BarArrays, interval_ms
+from s2feature.errors import ConfigurationError
 
 __all__ = ["NORMALISED_COLUMNS", "KlineFormatError", "load_klines", "write_klines_csv"]
 
@@ -80,7 +81,7 @@ _CDD_24H = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2})(?::(\d{2}))?")
 _DUKASCOPY_TIME = re.compile(r"(\d{2})\.(\d{2})\.(\d{4}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?")
 
 
-class KlineFormatError(ValueError):
+class KlineFormatError(ConfigurationError):
     """A kline file that is not in a known format or holds an invalid row (file and line named)."""
 
 

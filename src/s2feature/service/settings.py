@@ -1,19 +1,94 @@
-"""Service settings from the environment. A bad setting stops the service at start with a message
-naming the variable."""
+"""Service settings: every `S2_*` variable in one pydantic-settings model (`EnvSettings`), turned
+into the values the service uses (`Settings`). A bad setting stops the service at start with a
+message naming the variable (`SettingsError`, exit code 2 in the CLI).
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
+from s2feature.errors import ConfigurationError
+from s2feature.store.factory import StoreSettings
+
+ENV_PREFIX = "S2_"
+MAX_BATCH_SIZE = 200  # entries per XREADGROUP: bounds the latency one batch adds to the others
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError):
     """A setting that cannot be used; the message names it."""
+
+
+class EnvSettings(BaseSettings):
+    """The `S2_*` environment variables, with their defaults (`docs/service.md` lists them)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    symbols: str = ""
+    windows: str = "1m,5m,1h"
+    redis_addresses: str = "127.0.0.1:6379"
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    consumer_group: str = "s2"
+    consumer_name: str | None = None
+    config_file: Path | None = None
+    config_url: str | None = None
+    config_poll_s: float = Field(30.0, gt=0)
+    config_cache: Path = Path("./data/config-cache.json")
+    db_backend: Literal["sqlite", "arango"] = "sqlite"
+    db_sqlite_path: Path = Path("./data/s2.db")
+    db_arango_uri: str | None = None
+    db_arango_database: str = "s2"
+    db_arango_user: str = "root"
+    db_arango_password: SecretStr = SecretStr("")
+    lake_dir: Path = Path("./data/lake")
+    batch_size: int = Field(200, gt=0, le=MAX_BATCH_SIZE)
+    block_ms: int = Field(200, gt=0)
+    max_deliveries: int = Field(5, gt=0)
+    checkpoint_ms: int = Field(5_000, gt=0)
+    claim_idle_ms: int = Field(30_000, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, lt=65536)  # 0: any free port (tests)
+    lag_degraded_ms: int = Field(60_000, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "redis_username",
+        "redis_password",
+        "consumer_name",
+        "config_file",
+        "config_url",
+        "db_arango_uri",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> EnvSettings:
+        """The settings of an explicit environment (the process's is `EnvSettings()`)."""
+        values = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in env.items()
+            if key.upper().startswith(ENV_PREFIX)
+        }
+        return cls.model_validate(values)
 
 
 @dataclass(frozen=True)
@@ -29,13 +104,29 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    lag_degraded_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class ConfigSourceSettings:
+    url: str | None = None
+    file: Path | None = None
+    poll_s: float = 30.0
+    cache_path: Path = Path("./data/config-cache.json")
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings
     series: tuple[SeriesId, ...]
     windows: tuple[str, ...]
     group: str
     consumer: str
-    bundle: ConfigBundle
+    bundle: ConfigBundle  # the bundle at start; a running service follows its config source
     lake_dir: Path
     batch_size: int = 200
     block_ms: int = 200
@@ -48,6 +139,10 @@ class Settings:
     checkpoint_ms: int = 5_000
     emit_maxlen: int = 100_000
     last_ttl_s: int = 900
+    store: StoreSettings = field(default_factory=StoreSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    config: ConfigSourceSettings = field(default_factory=ConfigSourceSettings)
+    log_level: str = "INFO"
 
 
 def _addresses(text: str) -> tuple[tuple[str, int], ...]:
@@ -76,57 +171,86 @@ def _series(text: str) -> tuple[SeriesId, ...]:
     return series
 
 
-def _windows(text: str, bundle: ConfigBundle) -> tuple[str, ...]:
+def parse_windows(text: str, base_ms: int, base_interval: str) -> tuple[str, ...]:
+    """`S2_WINDOWS`: known windows that are multiples of the base interval, in canonical order."""
     items = [w.strip() for w in text.split(",") if w.strip()]
-    bad = [w for w in items if w not in WINDOWS or interval_ms(w) % bundle.base_ms]
+    bad = [w for w in items if w not in WINDOWS or interval_ms(w) % base_ms]
     if not items or bad:
         raise SettingsError(
             f"S2_WINDOWS: expected a subset of {','.join(WINDOWS)} that are multiples of the base "
-            f"interval {bundle.base_interval}, got {text!r}"
+            f"interval {base_interval}, got {text!r}"
         )
     return tuple(sorted(set(items), key=WINDOWS.index))
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
-    return int(raw)
+def _env_errors(exc: ValidationError) -> SettingsError:
+    problems = []
+    for err in exc.errors():
+        name = ENV_PREFIX + "_".join(str(part) for part in err["loc"]).upper()
+        problems.append(f"{name}: {err['msg']}, got {err.get('input')!r}")
+    return SettingsError("; ".join(problems))
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
-    config_file = env.get("S2_CONFIG_FILE")
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `env` (a mapping of `S2_*` variables), or from the process environment."""
     try:
-        bundle = load_bundle(config_file) if config_file else ConfigBundle()
+        raw = EnvSettings() if env is None else EnvSettings.from_mapping(env)
+    except ValidationError as exc:
+        raise _env_errors(exc) from None
+    return settings_of(raw)
+
+
+def settings_of(raw: EnvSettings) -> Settings:
+    try:
+        bundle = load_bundle(raw.config_file) if raw.config_file else ConfigBundle()
     except BundleError as exc:
         raise SettingsError(f"S2_CONFIG_FILE: {exc}") from None
-    symbols = env.get("S2_SYMBOLS", "")
-    block_ms = _positive_int(env, "S2_BLOCK_MS", 200)
-    claim_idle_ms = _positive_int(env, "S2_CLAIM_IDLE_MS", 30_000)
-    if block_ms * 3 >= claim_idle_ms:
+    if raw.block_ms * 3 >= raw.claim_idle_ms:
         # Stream leases are renewed between reads, three times per TTL.
         raise SettingsError(
-            f"S2_BLOCK_MS: {block_ms} must be below a third of S2_CLAIM_IDLE_MS ({claim_idle_ms}),"
-            " or a blocked read would outlast the stream lease"
+            f"S2_BLOCK_MS: {raw.block_ms} must be below a third of S2_CLAIM_IDLE_MS "
+            f"({raw.claim_idle_ms}), or a blocked read would outlast the stream lease"
         )
+    if raw.db_backend == "arango" and not raw.db_arango_uri:
+        raise SettingsError("S2_DB_ARANGO_URI: needed with S2_DB_BACKEND=arango")
+    if raw.db_backend == "sqlite" and raw.db_arango_uri:
+        raise SettingsError(
+            "S2_DB_ARANGO_URI: set while S2_DB_BACKEND is sqlite (the default); set "
+            "S2_DB_BACKEND=arango to use ArangoDB, or unset S2_DB_ARANGO_URI"
+        )
+    password = raw.redis_password.get_secret_value() if raw.redis_password else None
     return Settings(
         redis=RedisSettings(
-            addresses=_addresses(env.get("S2_REDIS_ADDRESSES", "127.0.0.1:6379")),
-            username=env.get("S2_REDIS_USERNAME") or None,
-            password=env.get("S2_REDIS_PASSWORD") or None,
-            socket_timeout_s=5.0 + block_ms / 1000,
+            addresses=_addresses(raw.redis_addresses),
+            username=raw.redis_username,
+            password=password,
+            socket_timeout_s=5.0 + raw.block_ms / 1000,
         ),
-        series=_series(symbols),
-        windows=_windows(env.get("S2_WINDOWS", "1m,5m,1h"), bundle),
-        group=env.get("S2_CONSUMER_GROUP", "s2") or "s2",
-        consumer=env.get("S2_CONSUMER_NAME") or socket.gethostname(),
+        series=_series(raw.symbols),
+        windows=parse_windows(raw.windows, bundle.base_ms, bundle.base_interval),
+        group=raw.consumer_group.strip() or "s2",
+        consumer=raw.consumer_name or socket.gethostname(),
         bundle=bundle,
-        lake_dir=Path(env.get("S2_LAKE_DIR", "./data/lake")),
-        batch_size=min(_positive_int(env, "S2_BATCH_SIZE", 200), 200),
-        block_ms=block_ms,
-        max_deliveries=_positive_int(env, "S2_MAX_DELIVERIES", 5),
-        claim_idle_ms=claim_idle_ms,
-        checkpoint_ms=_positive_int(env, "S2_CHECKPOINT_MS", Settings.checkpoint_ms),
+        lake_dir=raw.lake_dir,
+        batch_size=raw.batch_size,
+        block_ms=raw.block_ms,
+        max_deliveries=raw.max_deliveries,
+        claim_idle_ms=raw.claim_idle_ms,
+        checkpoint_ms=raw.checkpoint_ms,
+        store=StoreSettings(
+            backend=raw.db_backend,
+            sqlite_path=raw.db_sqlite_path,
+            arango_uri=raw.db_arango_uri,
+            arango_database=raw.db_arango_database,
+            arango_user=raw.db_arango_user,
+            arango_password=raw.db_arango_password.get_secret_value(),
+        ),
+        api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
+        config=ConfigSourceSettings(
+            url=raw.config_url,
+            file=raw.config_file,
+            poll_s=raw.config_poll_s,
+            cache_path=raw.config_cache,
+        ),
+        log_level=raw.log_level,
     )

@@ -2,7 +2,7 @@
 
 SQLite (`SqliteStore`) is the embedded default; ArangoDB (`s2feature.store.arango.ArangoStore`)
 is the production store, imported on demand so that SQLite deployments do not load its driver.
-`open_store(os.environ)` picks one from the `S2_DB_*` settings.
+`open_store(StoreSettings(...))` opens the one `S2_DB_BACKEND` names.
 """
 
 from s2feature.store.base import (
@@ -15,7 +15,7 @@ from s2feature.store.base import (
     recompute_event_id,
     sanitize_key,
 )
-from s2feature.store.factory import open_store
+from s2feature.store.factory import StoreSettings, open_store
 from s2feature.store.sqlite import SqliteStore
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreSettings",
     "StoreUnavailable",
     "dqc_fail_event_id",
     "is_valid_key",

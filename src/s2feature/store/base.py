@@ -23,6 +23,7 @@ from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
 from s2feature import strict_json
 from s2feature.domain import WINDOWS
+from s2feature.errors import S2FeatureError
 
 SIGNALS: Final = "signals"
 STRATEGY_EVENTS: Final = "strategy_events"
@@ -40,7 +41,7 @@ _HASH_HEX_DIGITS: Final = 16
 RESERVED_FIELDS: Final[frozenset[str]] = frozenset({"_key", "_id", "_rev", "_from", "_to"})
 
 
-class StoreError(Exception):
+class StoreError(S2FeatureError):
     """A store operation failed and retrying will not help (bad document, permission, schema)."""
 
 

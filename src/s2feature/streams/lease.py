@@ -21,6 +21,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Final
 
+from s2feature.errors import S2FeatureError
 from s2feature.streams.redis_io import AnyRedis
 
 _ACQUIRE: Final = """
@@ -54,7 +55,7 @@ return 0
 """
 
 
-class LeaseLost(Exception):  # noqa: N818 - a state, not a failure of the call
+class LeaseLost(S2FeatureError):  # noqa: N818 - a state, not a failure of the call
     """Another consumer owns the stream now: this one must stop applying its entries."""
 
 

@@ -1,0 +1,208 @@
+"""Read scheduling: which entries of the owned streams are read next, and how.
+
+A read of new entries (`>`) whose reply is lost still delivered its entries to this consumer: a
+socket timeout while a node stalls or fails over, and redis-py (standalone and cluster) then
+silently re-sends the read, which returns the *next* entries. Left alone, the lost ones would sit
+pending, and after a restart they would lie below the checkpoint and be acked without ever being
+applied. So every read of new entries is followed by one `XPENDING` for this consumer between the
+last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
+not block); anything there is processed first, in stream order.
+
+On a standalone server the service does not wait for Redis twice per batch (`streams/ahead.py`):
+each stream's read is sent before the previous stream's batch is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Final
+
+import redis
+from redis.cluster import RedisCluster
+
+from s2feature.service.ownership import Ownership
+from s2feature.service.retry import Backoff
+from s2feature.service.worker import SeriesWorker
+from s2feature.streams.ahead import ReadAhead, sends_ahead
+from s2feature.streams.redis_io import AnyRedis, Entry, is_retryable, read_new_of_any
+
+log = logging.getLogger("s2feature.service")
+
+# The longest an entry of a cluster instance's other streams waits while the service blocks on
+# its first one: 50 idle reads a second, nothing for Redis, against up to S2_BLOCK_MS of latency.
+CLUSTER_IDLE_BLOCK_MS: Final = 20
+
+# (worker, entries, delivery counts or None for new entries) -> None
+Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
+
+
+def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
+    """Block time of the idle read on one stream: capped on a cluster with several streams,
+    where one read cannot cover them all."""
+    if cluster and n_streams > 1:
+        return min(block_ms, CLUSTER_IDLE_BLOCK_MS)
+    return block_ms
+
+
+def applied_id(worker: SeriesWorker) -> str:
+    """ID of the newest entry whose effects the worker's state holds ("0-0" when none)."""
+    ms, seq = worker.applied
+    return f"{ms}-{seq}"
+
+
+class Reader:
+    """Reads batches of the owned streams and hands each to `process`, in stream order."""
+
+    def __init__(
+        self,
+        client: AnyRedis,
+        group: str,
+        consumer: str,
+        batch_size: int,
+        backoff: Backoff,
+        ownership: Ownership,
+        process: Process,
+        stop: threading.Event,
+    ) -> None:
+        self.client = client
+        self.group = group
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.backoff = backoff
+        self.ownership = ownership
+        self.process = process
+        self.stop = stop
+
+    def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
+        """Process the entries this consumer holds unacked above `after_id`, oldest first, until
+        none is left. Returns how many were read."""
+        handled, cursor = 0, after_id
+        owned = self.ownership.owned
+        while not self.stop.is_set() and worker.io.key in owned:
+            if self.ownership.due():
+                self.ownership.renew_owned()  # a long backlog must not outlast the lease
+                continue
+            entries = self.backoff.call(
+                "read pending", partial(worker.io.read_pending, self.batch_size, cursor)
+            )
+            if not entries:
+                break
+            ids = [entry_id for entry_id, _ in entries]
+            counts = self.backoff.call("pending counts", partial(worker.io.delivery_counts, ids))
+            self.process(worker, entries, counts)
+            handled += len(entries)
+            # Processed entries stay pending until the next checkpoint acks them: continue after
+            # this page rather than from the start.
+            cursor = ids[-1]
+        return handled
+
+    def consume_all(self, owned: list[SeriesWorker]) -> int:
+        """One batch of new entries of every owned stream, in turn. Each stream's read is sent
+        before the previous stream's batch is processed, so Redis prepares it meanwhile."""
+        handled = 0
+        ahead = self._read_ahead(owned[0]) if owned else None
+        try:
+            for index, worker in enumerate(owned):
+                current = ahead
+                ahead = self._read_ahead(owned[index + 1]) if index + 1 < len(owned) else None
+                if worker.io.key not in self.ownership.owned:  # lost while serving another
+                    if current is not None:
+                        current.discard()
+                    continue
+                step = partial(self._consume_new, worker, current)
+                handled += self.ownership.guarded(worker, step)
+        finally:
+            if ahead is not None:
+                ahead.discard()  # only when leaving early: its entries stay pending for us
+        return handled
+
+    def wait_for_any(self, owned: list[SeriesWorker], block_ms: int) -> int:
+        """Nothing anywhere: block until some owned stream has new entries, and process them.
+
+        On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
+        wakes the service at once. A cluster cannot serve a read across slots: there the wait is
+        on the first stream only, kept short when there are others (`idle_block_ms`).
+        """
+        client = self.client
+        if isinstance(client, RedisCluster) or len(owned) == 1:
+            wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
+            return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
+        keys = [w.io.key for w in owned]
+        read = partial(
+            read_new_of_any, client, self.group, self.consumer, keys, self.batch_size, block_ms
+        )
+        batches = self.backoff.call("read", read)
+        handled = 0
+        for worker in owned:
+            entries = batches.get(worker.io.key)
+            if entries:
+                lost = self._lost_before(worker, entries)
+                step = partial(self._apply_new, worker, entries, lost)
+                handled += self.ownership.guarded(worker, step)
+        return handled
+
+    def _consume_new(self, worker: SeriesWorker, ahead: ReadAhead | None = None) -> int:
+        """Read one batch of new entries of a stream without blocking (or collect the read sent
+        `ahead`) and process it; returns how many were read."""
+        collected = None
+        if ahead is not None:
+            try:
+                collected = ahead.result()
+            except redis.RedisError as exc:
+                if not is_retryable(exc):
+                    raise
+                # The ordinary read below retries, and its lost-reply check finds whatever
+                # this read may have delivered.
+                log.warning("%s: read ahead failed (%s); reading again", worker.series.symbol, exc)
+        if collected is None:
+            read = partial(worker.io.read_new_checked, self.batch_size, applied_id(worker))
+            collected = self.backoff.call("read", read)
+        entries, lost = collected
+        return self._apply_new(worker, entries, lost)
+
+    def _read_ahead(self, worker: SeriesWorker) -> ReadAhead | None:
+        """Send the worker's next read now, to be collected by `_consume_new` (standalone Redis
+        only, see `streams/ahead.py`); None where it cannot be sent."""
+        if not sends_ahead(self.client):
+            return None
+        try:
+            return ReadAhead(worker.io, self.batch_size, applied_id(worker))
+        except redis.RedisError as exc:
+            if not is_retryable(exc):
+                raise
+            return None  # `_consume_new` reads the ordinary way, with retries
+
+    def _wait_on(self, worker: SeriesWorker, block_ms: int) -> int:
+        """Block on one stream until it has new entries (or `block_ms` passed), and process
+        them; returns how many were read."""
+        entries = self.backoff.call("read", partial(worker.io.read_new, self.batch_size, block_ms))
+        return self._apply_new(worker, entries, self._lost_before(worker, entries))
+
+    def _lost_before(self, worker: SeriesWorker, entries: list[Entry]) -> bool:
+        """Whether this consumer holds entries after the last applied one that precede
+        `entries`: delivered by a read whose reply was lost (see the module docstring)."""
+        first = entries[0][0] if entries else None
+        return self.backoff.call(
+            "check pending", partial(worker.io.has_pending_between, applied_id(worker), first)
+        )
+
+    def _apply_new(self, worker: SeriesWorker, entries: list[Entry], lost: bool) -> int:
+        """Process a batch of new entries of a stream; returns how many were read.
+
+        When entries were `lost` before it, they come first: the batch is then dropped
+        unprocessed and read again, in order, with them from the pending list.
+        """
+        if lost:
+            log.warning(
+                "%s: entries after %s were delivered by a read whose reply was lost; "
+                "processing them first",
+                worker.series.symbol,
+                applied_id(worker),
+            )
+            return self.drain_pending(worker, applied_id(worker))
+        if entries:
+            self.process(worker, entries, None)
+        return len(entries)
