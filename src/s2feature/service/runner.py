@@ -25,8 +25,10 @@ from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
 from s2feature.service.ownership import Ownership
 from s2feature.service.reads import Reader
+from s2feature.service.reporting import StatusReporter
 from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.settings import Settings
+from s2feature.service.status import LoopStatus, Published
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store
 from s2feature.streams.lease import StreamLease
@@ -45,11 +47,14 @@ class Service:
         store: Store,
         lake: BarLake,
         stop: threading.Event | None = None,
+        status: Published[LoopStatus] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.stop = stop or threading.Event()  # set to stop between batches
-        self.backoff = Backoff(self.stop)
+        self.status = status or Published(LoopStatus())
+        self.started = False
+        self.backoff = Backoff(self.stop, on_retry=self.publish_status)
         self.workers = {
             s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake)
             for s in settings.series
@@ -67,7 +72,19 @@ class Service:
             self._process,
             self.stop,
         )
+        self.reporter = StatusReporter(
+            self.workers,
+            self.ownership,
+            self.backoff,
+            settings.consumer,
+            settings.group,
+            self.status,
+        )
         self.batches = 0
+
+    def publish_status(self) -> None:
+        """Publish the loop's status now (after each round of batches, and on each retry)."""
+        self.reporter.publish(self.started, self.batches)
 
     @property
     def owned(self) -> set[str]:
@@ -88,6 +105,8 @@ class Service:
         for worker in self.workers.values():
             self.backoff.call("create group", worker.io.ensure_group)
         self.ownership.keep(force=True)
+        self.started = True
+        self.publish_status()
 
     def _take_over(self, worker: SeriesWorker) -> None:
         """The lease is ours: rebuild the state, claim what earlier owners left pending and
@@ -135,6 +154,7 @@ class Service:
                 handled += self.reader.wait_for_any(owned, block_ms)
             else:
                 self.stop.wait(block_ms / 1000)  # waiting for a lease
+        self.publish_status()
         return handled
 
     def release_leases(self) -> None:

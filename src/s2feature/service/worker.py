@@ -81,13 +81,15 @@ class SeriesWorker:
         # script is None when it was not sent ahead, or its reply failed: settle runs it).
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
         self.emitted = 0  # new emits, replays not counted
+        self.bundle = settings.bundle  # the active bundle: replaced between batches only
         self._fresh_state()
 
     def _fresh_state(self) -> None:
-        bundle = self.settings.bundle
+        bundle = self.bundle
         self.ingestor = StreamIngestor(self.series, bundle)
         self.engine = SymbolEngine(self.series, self.settings.windows, bundle)
         self.applied = (0, 0)
+        self.last_event_ms: int | None = None  # event time of the newest applied event
         self.bars_until = -1  # close time of the newest base bar the engine has seen
         # window -> (t0, JSON text) of the newest emitted payload, for `feat:last`
         self.latest: dict[str, tuple[int, str]] = {}
@@ -109,6 +111,7 @@ class SeriesWorker:
             self.engine.restore(state["engine"])
             self.applied = entry_id_tuple(state["applied"])
             self.bars_until = int(state["bars_until"])
+            self.last_event_ms = state.get("last_event_ms")
             self.latest = {
                 window: (int(payload["t0"]), strict_json.encode(payload).decode())
                 for window, payload in state["latest"].items()
@@ -126,6 +129,7 @@ class SeriesWorker:
             "version": CHECKPOINT_VERSION,
             "applied": last_id,
             "bars_until": self.bars_until,
+            "last_event_ms": self.last_event_ms,
             "ingestor": self.ingestor.snapshot(),
             "engine": self.engine.snapshot(),
             "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
@@ -155,7 +159,7 @@ class SeriesWorker:
         out = BatchOutputs()
         bars = self._ingest(entries, deliveries, out)
         snapshots = [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
-        mode = self.settings.bundle.mode
+        mode = self.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
         if out.emits:
@@ -186,6 +190,8 @@ class SeriesWorker:
                 if outcome.rejected.category == "unreadable":
                     out.dead.append((entry_id, dict(fields), outcome.rejected.reasons))
                 continue
+            if outcome.event is not None:
+                self.last_event_ms = outcome.event.ts
             for bar in outcome.bars:
                 if bar.close_time <= self.bars_until:
                     continue  # already in the lake and the engine (a replay after warm-up)
@@ -235,7 +241,7 @@ class SeriesWorker:
             "entry_id": entry_id,
             "stream": self.io.key,
             "reasons": list(reasons),
-            "config_rev": self.settings.bundle.rev,
+            "config_rev": self.bundle.rev,
         }
 
     # -- commit --------------------------------------------------------------------------------

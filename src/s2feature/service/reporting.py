@@ -1,0 +1,99 @@
+"""The loop's status value (`status.LoopStatus`), built between batches and published whole.
+
+Lag comes from the workers' state (no I/O). Backlog and pending cost one `XINFO GROUPS` per
+stream, so they are refreshed at most once per `refresh_s`; a failure to refresh keeps the last
+figures (the failure itself shows in the Redis dependency status).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException
+
+from s2feature.service.ownership import Ownership
+from s2feature.service.retry import Backoff
+from s2feature.service.status import LoopStatus, Published, StreamStatus
+from s2feature.service.worker import SeriesWorker
+
+
+def consumer_of(token: str | None) -> str | None:
+    """The consumer name in a lease token `<random>@<consumer>`."""
+    if token is None:
+        return None
+    return token.partition("@")[2] or token
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        workers: Mapping[str, SeriesWorker],
+        ownership: Ownership,
+        backoff: Backoff,
+        consumer: str,
+        group: str,
+        published: Published[LoopStatus],
+        refresh_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.workers = workers
+        self.ownership = ownership
+        self.backoff = backoff
+        self.consumer = consumer
+        self.group = group
+        self.published = published
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self._counts: dict[str, tuple[int | None, int | None]] = {}  # key -> (backlog, pending)
+        self._counted_at = -float("inf")
+
+    def publish(self, started: bool, batches: int, waiting_for: str | None = None) -> None:
+        now = self.clock()
+        if now - self._counted_at >= self.refresh_s and started:
+            self._counted_at = now
+            self._refresh_counts()
+        streams = {}
+        for key, worker in self.workers.items():
+            owned = key in self.ownership.owned
+            owner = self.consumer if owned else consumer_of(self.ownership.holders.get(key))
+            event_ms = worker.last_event_ms if owned else None
+            backlog, pending = self._counts.get(key, (None, None))
+            streams[worker.series.symbol] = StreamStatus(
+                owner=owner,
+                owned=owned,
+                lag_ms=None if event_ms is None else max(0, int(now * 1000) - event_ms),
+                last_event_ms=event_ms,
+                backlog=backlog,
+                pending=pending,
+            )
+        self.published.set(
+            LoopStatus(
+                started=started,
+                updated_at=now,
+                batches=batches,
+                redis=self.backoff.status_of("redis"),
+                store=self.backoff.status_of("store"),
+                streams=streams,
+                waiting_for=waiting_for,
+            )
+        )
+
+    def _refresh_counts(self) -> None:
+        for key, worker in self.workers.items():
+            try:
+                groups: Any = worker.io.client.xinfo_groups(key)
+            except (redis.RedisError, RedisClusterException):
+                continue  # keep the last figures; the loop's own calls report the failure
+            for group in groups:
+                name = group.get("name")
+                if isinstance(name, bytes):
+                    name = name.decode()
+                if name != self.group:
+                    continue
+                pending = group.get("pending")
+                lag = group.get("lag")  # entries not yet delivered to the group (None: unknown)
+                backlog = None if lag is None or pending is None else int(lag) + int(pending)
+                self._counts[key] = (backlog, None if pending is None else int(pending))
