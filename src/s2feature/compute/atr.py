@@ -275,10 +275,17 @@ class OnlineAtrFamily:
         self._last_close_time = None
 
 
+def atr_state_params(ctx: FamilyContext) -> dict[str, Any]:
+    """The period: the saved TR sum, count and running average are those of one period."""
+    return {"atr_period": ctx.bundle.windows.atr_period}
+
+
 ATR_FAMILY = FeatureFamily(
     name="atr",
     features=ATR_FEATURES,
     level="wbar",
     batch=atr_family_batch,
     online=OnlineAtrFamily,
+    state_version=1,
+    state_params=atr_state_params,
 )

@@ -186,10 +186,17 @@ class OnlineBookFamily:
         self.restore({"inputs": [None] * len(_INPUT_FIELDS)})
 
 
+def book_state_params(ctx: FamilyContext) -> dict[str, Any]:
+    """Nothing: the state is the latest bar's raw inputs; `liq_threshold_usdt` applies at output."""
+    return {}
+
+
 BOOK_FAMILY = FeatureFamily(
     name="book",
     features=BOOK_FEATURES,
     level="wbar",
     batch=book_family_batch,
     online=OnlineBookFamily,
+    state_version=1,
+    state_params=book_state_params,
 )

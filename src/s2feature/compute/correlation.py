@@ -336,10 +336,23 @@ class OnlineCorrelationFamily:
         self._fx_last = 0.0
 
 
+def correlation_state_params(ctx: FamilyContext) -> dict[str, Any]:
+    """The lengths of the saved runs (p returns, z rhos), the spacing that makes bars adjacent,
+    and the FX series the saved rhos were computed against."""
+    return {
+        "rho_period": ctx.bundle.windows.rho_period,
+        "rho_z_period": ctx.bundle.windows.rho_z_period,
+        "window_ms": ctx.window_ms,
+        "fx_symbol": ctx.bundle.rho.fx_symbol,
+    }
+
+
 CORRELATION_FAMILY = FeatureFamily(
     name="correlation",
     features=CORRELATION_FEATURES,
     level="wbar",
     batch=correlation_family_batch,
     online=OnlineCorrelationFamily,
+    state_version=1,
+    state_params=correlation_state_params,
 )

@@ -18,7 +18,25 @@ from typing import Any
 
 from s2feature.compute.assembly import SnapshotAssembler
 from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars
-from s2feature.compute.family import FamilyContext, FxCloses, FxCloseTable, OnlineFamily
+from s2feature.compute.engine_state import (
+    BASE_SCOPE,
+    STATE_FORMAT,
+    WBARS,
+    BaseIntervalChangeError,
+    EngineStateError,
+    StateKey,
+    canonical_params,
+    entry,
+    mapping_at,
+    saved_state_if_fits,
+)
+from s2feature.compute.family import (
+    FamilyContext,
+    FeatureFamily,
+    FxCloses,
+    FxCloseTable,
+    OnlineFamily,
+)
 from s2feature.compute.registry import FAMILIES
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import (
@@ -30,6 +48,8 @@ from s2feature.domain import (
     Snapshot,
     interval_ms,
 )
+
+Part = OnlineFamily | WBarBuilder  # what a `StateKey` names in a running engine
 
 
 def validate_windows(windows: Sequence[str], base_ms: int) -> tuple[str, ...]:
@@ -45,7 +65,13 @@ def validate_windows(windows: Sequence[str], base_ms: int) -> tuple[str, ...]:
 
 
 class SymbolEngine:
-    """Online engine of one series: feed final base bars, get the snapshots they finalise."""
+    """Online engine of one series: feed final base bars, get the snapshots they finalise.
+
+    Its state (`snapshot`, `restore`) is keyed by family name and versioned per family (format in
+    `compute.engine_state`). A family whose saved state does not fit is left fresh and reported;
+    `rebuild` then replays the base-bar history through those families only. `with_bundle` moves
+    the engine to another bundle, keeping every family whose state params did not change.
+    """
 
     def __init__(
         self,
@@ -54,19 +80,36 @@ class SymbolEngine:
         bundle: ConfigBundle,
         fx: Mapping[str, FxCloses] | None = None,
     ) -> None:
-        base_ms = bundle.base_ms
+        base_ms = self._base_ms = bundle.base_ms
+        self.series = series
+        self.bundle = bundle
         self.windows = validate_windows(windows, base_ms)
+        self._fx = fx
         self._assembler = SnapshotAssembler(series, bundle)
         base_ctx = FamilyContext(bundle, base_ms, base_ms, series.market)
-        self._base_families = [f.online(base_ctx) for f in FAMILIES if f.level == "base"]
+        self._contexts: dict[str, FamilyContext] = {BASE_SCOPE: base_ctx}
+        self._kinds: dict[str, tuple[FeatureFamily, ...]] = {
+            BASE_SCOPE: tuple(f for f in FAMILIES if f.level == "base")
+        }
         self._builders: dict[str, WBarBuilder] = {}
-        self._wbar_families: dict[str, list[OnlineFamily]] = {}
         for window in self.windows:
             w_ms = interval_ms(window)
             fx_w = fx.get(window) if fx else None
             ctx = FamilyContext(bundle, w_ms, base_ms, series.market, fx_online=fx_w)
+            self._contexts[window] = ctx
+            self._kinds[window] = tuple(f for f in FAMILIES if f.level == "wbar")
             self._builders[window] = WBarBuilder(w_ms, base_ms)
-            self._wbar_families[window] = [f.online(ctx) for f in FAMILIES if f.level == "wbar"]
+        # scope -> the online instances, in `_kinds` order (lists: the per-bar loop reads them)
+        self._instances: dict[str, list[OnlineFamily]] = {
+            scope: [f.online(self._contexts[scope]) for f in kinds]
+            for scope, kinds in self._kinds.items()
+        }
+        self._params = {
+            scope: [canonical_params(f, self._contexts[scope]) for f in kinds]
+            for scope, kinds in self._kinds.items()
+        }
+        self._base_families = self._instances[BASE_SCOPE]
+        self._wbar_families = {w: self._instances[w] for w in self.windows}
         self._base_t0 = -1
         self._base_values: dict[str, FeatureValue] = {}
 
@@ -97,23 +140,181 @@ class SymbolEngine:
             merged.update(family.values_at(t0))
         return self._assembler.from_bar(window, done.bar, done.inputs_until, merged)
 
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_keys(self) -> set[StateKey]:
+        """Every key `restore` may report: each (scope, family) and each (window, WBARS)."""
+        keys = {(scope, f.name) for scope, kinds in self._kinds.items() for f in kinds}
+        return keys | {(window, WBARS) for window in self.windows}
+
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of the whole engine."""
+        """JSON-serialisable state of the whole engine (format: `compute.engine_state`)."""
+        families = {
+            scope: {
+                family.name: entry(family, params, instance.snapshot())
+                for family, params, instance in zip(
+                    kinds, self._params[scope], self._instances[scope], strict=True
+                )
+            }
+            for scope, kinds in self._kinds.items()
+        }
         return {
-            "base": [f.snapshot() for f in self._base_families],
+            "format": STATE_FORMAT,
+            "base_ms": self._base_ms,
+            "config_rev": self.bundle.rev,
             "builders": {w: b.snapshot() for w, b in self._builders.items()},
-            "wbar": {w: [f.snapshot() for f in fams] for w, fams in self._wbar_families.items()},
+            "families": families,
         }
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        for family, fstate in zip(self._base_families, state["base"], strict=True):
-            family.restore(fstate)
-        for window, bstate in state["builders"].items():
-            self._builders[window].restore(bstate)
-        for window, fstates in state["wbar"].items():
-            for family, fstate in zip(self._wbar_families[window], fstates, strict=True):
-                family.restore(fstate)
+    def restore(self, state: Mapping[str, Any]) -> set[StateKey]:
+        """Restore what fits; return the keys left fresh, for `rebuild`.
+
+        A family is left fresh when its entry is missing or has another version or other params;
+        a window's builder (WBARS) when it is missing or the base interval differs, and then that
+        window's families too (they saw w-bars this builder no longer knows). A state of another
+        format leaves everything fresh. Entries the engine has no family for are ignored. Raises
+        `EngineStateError` for garbage, and then changes nothing.
+        """
+        if not isinstance(state, Mapping):
+            raise EngineStateError(f"engine state is a {type(state).__name__}, not an object")
+        if state.get("format") != STATE_FORMAT:
+            everything = self.state_keys()
+            self._install(self._fresh_parts(everything))
+            return everything
+        same_geometry = state.get("base_ms") == self._base_ms
+        builders = mapping_at(state, "builders", "builders")
+        families = mapping_at(state, "families", "families")
+        stale: set[StateKey] = set()
+        parts: dict[StateKey, Part] = {}
+        for window in self.windows:
+            builder = WBarBuilder(interval_ms(window), self._base_ms)
+            saved = builders.get(window)
+            if same_geometry and saved is not None:
+                _restore_part(builder, saved, f"builder of {window}")
+                parts[(window, WBARS)] = builder
+            else:
+                stale.add((window, WBARS))
+        for scope, kinds in self._kinds.items():
+            saved_scope = mapping_at(families, scope, f"families.{scope}")
+            builder_stale = (scope, WBARS) in stale
+            for family, params in zip(kinds, self._params[scope], strict=True):
+                key, where = (scope, family.name), f"families.{scope}.{family.name}"
+                saved = saved_scope.get(family.name)
+                fstate = None
+                if saved is not None:
+                    fstate = saved_state_if_fits(saved, family, params, where)
+                if fstate is None or not same_geometry or builder_stale:
+                    stale.add(key)
+                    continue
+                instance = family.online(self._contexts[scope])
+                _restore_part(instance, fstate, where)
+                parts[key] = instance
+        parts.update(self._fresh_parts(stale))
+        self._install(parts)
+        return stale
+
+    def rebuild(self, stale: Iterable[StateKey], history: Iterable[Bar]) -> None:
+        """Recompute the stale parts from the base bars this engine has seen, oldest first.
+
+        Only the stale families are fed (w-bar ones through fresh builders, so they see the
+        same w-bars), in the order `on_base_bar` feeds them and with the same evaluations, and
+        no snapshot is made; afterwards the engine equals one that ran uninterrupted over
+        `history` under its bundle. The history must be exactly the bars the engine has seen.
+        """
+        wanted = set(stale)
+        unknown = wanted - self.state_keys()
+        if unknown:
+            raise ValueError(f"not parts of this engine: {sorted(unknown)}")
+        if not wanted:
+            return
+        fresh = self._fresh_parts(wanted)
+        base = [_family(fresh[key]) for key in self._keys(BASE_SCOPE) if key in fresh]
+        wbar = {w: [_family(fresh[k]) for k in self._keys(w) if k in fresh] for w in self.windows}
+        # Base families are evaluated at the t0 of every window's w-bars.
+        replayed = [w for w in self.windows if base or wbar[w] or (w, WBARS) in wanted]
+        builders = {w: WBarBuilder(interval_ms(w), self._base_ms) for w in replayed}
+        last_t0 = -1
+
+        def evaluate(window: str, done: FinalWBar) -> None:
+            nonlocal last_t0
+            t0 = done.bar.close_time
+            if t0 != last_t0:
+                for family in base:
+                    family.values_at(t0)
+                last_t0 = t0
+            for family in wbar[window]:
+                family.update(done.bar)
+                family.values_at(t0)
+
+        for bar in history:
+            for window, builder in builders.items():
+                done = builder.close_before(bar)
+                if done is not None:
+                    evaluate(window, done)
+            for family in base:
+                family.update(bar)
+            for window, builder in builders.items():
+                done = builder.add(bar)
+                if done is not None:
+                    evaluate(window, done)
+        for window in replayed:
+            if (window, WBARS) in wanted:
+                fresh[(window, WBARS)] = builders[window]
+        self._install(fresh)
+
+    def with_bundle(self, bundle: ConfigBundle) -> tuple[SymbolEngine, set[StateKey]]:
+        """This engine under another bundle, and the parts to `rebuild` (same history).
+
+        Families whose state params are unchanged keep their state and read every other
+        parameter (thresholds) from the new bundle from their next values on; snapshots are
+        assembled under the new bundle. The others are fresh and returned. This engine is left
+        as it was. Raises `BaseIntervalChangeError` for another base interval.
+        """
+        if bundle.base_ms != self._base_ms:
+            raise BaseIntervalChangeError(
+                f"bundle {bundle.rev} has base interval {bundle.base_interval}, the running "
+                f"engine {self.bundle.base_interval}: a base interval cannot change while running"
+            )
+        engine = SymbolEngine(self.series, self.windows, bundle, self._fx)
+        return engine, engine.restore(self.snapshot())
+
+    def _keys(self, scope: str) -> list[StateKey]:
+        return [(scope, f.name) for f in self._kinds[scope]]
+
+    def _fresh_parts(self, keys: Iterable[StateKey]) -> dict[StateKey, Part]:
+        parts: dict[StateKey, Part] = {}
+        for scope, name in keys:
+            if name == WBARS:
+                parts[(scope, name)] = WBarBuilder(interval_ms(scope), self._base_ms)
+            else:
+                family = next(f for f in self._kinds[scope] if f.name == name)
+                parts[(scope, name)] = family.online(self._contexts[scope])
+        return parts
+
+    def _install(self, parts: Mapping[StateKey, Part]) -> None:
+        """Put builders and family instances in place (lists are updated, not replaced)."""
+        for (scope, name), part in parts.items():
+            if isinstance(part, WBarBuilder):
+                self._builders[scope] = part
+            else:
+                index = next(i for i, f in enumerate(self._kinds[scope]) if f.name == name)
+                self._instances[scope][index] = part
         self._base_t0 = -1
+
+
+def _family(part: Part) -> OnlineFamily:
+    assert not isinstance(part, WBarBuilder)  # keys other than WBARS name families
+    return part
+
+
+def _restore_part(part: Part, state: Any, where: str) -> None:
+    """Restore a family or builder whose entry fits; a state it cannot read is garbage."""
+    if not isinstance(state, Mapping):
+        raise EngineStateError(f"engine state: {where} holds a {type(state).__name__}")
+    try:
+        part.restore(state)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise EngineStateError(f"engine state: {where} cannot be read: {exc!r}") from exc
 
 
 def fx_tables(fx_base: BarArrays, windows: Iterable[str]) -> dict[str, FxCloseTable]:

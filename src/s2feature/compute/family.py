@@ -11,9 +11,17 @@ A *family* computes a few related features from one bar series. It has
 t0 at or after the last bar's close (a w-bar finalised across a gap has a t0 later than its last
 base bar); `"wbar"` families see w-bars and are evaluated at each w-bar's close.
 
+Each family also declares what its saved state means, so the engine can tell whether a saved state
+still fits (`s2feature.compute.engine_state`): `state_version`, bumped whenever the shape or the
+meaning of its `snapshot()` changes, and `state_params`, the bundle parameters (and geometry) its
+state depends on. A parameter belongs there iff restoring a state saved under another value would
+give values that differ from a fresh run over the same bars under the new value (periods, window
+lengths, coverage); parameters read only when values are produced (thresholds) do not.
+
 The registry (`s2feature.compute.registry`) lists the families; the generic property tests run
 every family through the same checks: online == batch, snapshot/restore == uninterrupted,
-reset == fresh, and no leakage.
+restore under a bundle with the same state params == a run under that bundle, reset == fresh,
+and no leakage.
 """
 
 from __future__ import annotations
@@ -83,6 +91,8 @@ class OnlineFamily(Protocol):
 
 BatchFn = Callable[[BarArrays, IntArray, FamilyContext], BatchValues]
 OnlineFactory = Callable[[FamilyContext], OnlineFamily]
+# JSON-serialisable values (numbers, strings, lists), compared after a JSON round trip.
+StateParams = Callable[[FamilyContext], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -92,3 +102,5 @@ class FeatureFamily:
     level: Literal["base", "wbar"]
     batch: BatchFn  # (bars, t0s, ctx) -> {feature: values aligned with t0s}
     online: OnlineFactory
+    state_version: int  # bump when the shape or the meaning of the online `snapshot()` changes
+    state_params: StateParams  # what of the bundle / geometry the online state depends on

@@ -374,10 +374,19 @@ class OnlineVolatilityFamily:
         self._seen_until = int(state["seen_until"])
 
 
+def volatility_state_params(ctx: FamilyContext) -> dict[str, Any]:
+    """The base interval (which bars are adjacent, expected counts) and `coverage_min`, which
+    decides which hourly `rv_1d` samples were non-null and so were kept. The horizons are fixed
+    by the code (covered by the version); the regime thresholds apply at output."""
+    return {"base_ms": ctx.base_ms, "coverage_min": ctx.bundle.windows.coverage_min}
+
+
 VOLATILITY_FAMILY = FeatureFamily(
     name="volatility",
     features=VOLATILITY_FEATURES,
     level="base",
     batch=volatility_family_batch,
     online=OnlineVolatilityFamily,
+    state_version=1,
+    state_params=volatility_state_params,
 )

@@ -35,7 +35,7 @@ from s2feature.store.snapshot_rows import prepare_snapshot
 from s2feature.streams.ahead import PublishAhead, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
