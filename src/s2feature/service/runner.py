@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
 from s2feature.service.ownership import Ownership
@@ -48,11 +49,14 @@ class Service:
         lake: BarLake,
         stop: threading.Event | None = None,
         status: Published[LoopStatus] | None = None,
+        bundles: Callable[[], ConfigBundle] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.stop = stop or threading.Event()  # set to stop between batches
         self.status = status or Published(LoopStatus())
+        # The active config bundle, read once per batch (a config watcher swaps it whole).
+        self.active_bundle = bundles or (lambda: settings.bundle)
         self.started = False
         self.backoff = Backoff(self.stop, on_retry=self.publish_status)
         self.workers = {
@@ -111,7 +115,7 @@ class Service:
     def _take_over(self, worker: SeriesWorker) -> None:
         """The lease is ours: rebuild the state, claim what earlier owners left pending and
         process it, oldest first."""
-        how = self.backoff.call("restore", worker.restore)
+        how = self.backoff.call("restore", partial(worker.restore, self.active_bundle()))
         claimed = self.backoff.call("claim", partial(worker.io.claim_all_pending, 0))
         log.info(
             "%s: restored (%s), claimed %d pending",
@@ -125,12 +129,33 @@ class Service:
     def _process(
         self, worker: SeriesWorker, entries: list[Entry], counts: dict[str, int] | None
     ) -> None:
+        bundle = self.active_bundle()
+        if bundle is not worker.bundle:
+            self._apply_bundle(worker, bundle)
         outputs: BatchOutputs = worker.compute(entries, counts)
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
         self.backoff.call("commit", partial(worker.commit, outputs))
         self.batches += 1
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))
+
+    def _apply_bundle(self, worker: SeriesWorker, bundle: ConfigBundle) -> None:
+        old_rev = worker.bundle.rev
+        how = worker.apply_bundle(bundle)
+        if how is not None:
+            log.info(
+                "%s: config rev %s in force (%s)",
+                worker.series.symbol,
+                bundle.rev,
+                how,
+                extra={
+                    "event": "config_in_force",
+                    "symbol": worker.series.symbol,
+                    "old_rev": old_rev,
+                    "rev": bundle.rev,
+                    "state": how,
+                },
+            )
 
     def flush_all(self, force: bool) -> None:
         """Checkpoint and ack what was committed: when due (idle rounds), or all of it (exit)."""

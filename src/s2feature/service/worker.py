@@ -17,7 +17,7 @@ emits make that a no-op where the first attempt had got through).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ import msgspec
 
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
+from s2feature.compute.engine_state import StateKey
+from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import Bar, SeriesId, Snapshot
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
@@ -49,6 +51,11 @@ class BatchOutputs:
     last_id: str | None = None  # newest entry whose effects the state now holds
     snapshots: int = 0
     last: bytes | None = None  # the `feat:last` document as of this batch, when it emits
+
+
+def describe(stale: Iterable[StateKey]) -> str:
+    """`atr@1m, volatility@base` for a set of engine state keys."""
+    return ", ".join(f"{name}@{scope}" for scope, name in sorted(stale))
 
 
 def routing(snapshot: Snapshot, realtime: bool, persist_all: bool) -> tuple[bool, bool]:
@@ -103,12 +110,21 @@ class SeriesWorker:
         self._unacked, self._unlaked, self._unsaved_id = [], [], None
         self._fresh_state()
 
-    def restore(self) -> str:
-        """Load the checkpoint, or warm up from the lake when there is none. Says which."""
+    def restore(self, bundle: ConfigBundle | None = None) -> str:
+        """Load the checkpoint, or warm up from the lake when there is none, under `bundle` (the
+        active one by default). Says which.
+
+        Engine families whose saved state does not fit the active bundle (another version of the
+        family, or a checkpoint written under other state parameters, e.g. another `atr_period`)
+        are rebuilt from the lake's bars up to the checkpoint.
+        """
+        if bundle is not None and bundle != self.bundle:
+            self.bundle = bundle
+            self._fresh_state()
         state = self.io.load_checkpoint()
         if state is not None and state.get("version") == CHECKPOINT_VERSION:
             self.ingestor.restore(state["ingestor"])
-            self.engine.restore(state["engine"])
+            stale = self.engine.restore(state["engine"])
             self.applied = entry_id_tuple(state["applied"])
             self.bars_until = int(state["bars_until"])
             self.last_event_ms = state.get("last_event_ms")
@@ -116,13 +132,54 @@ class SeriesWorker:
                 window: (int(payload["t0"]), strict_json.encode(payload).decode())
                 for window, payload in state["latest"].items()
             }
-            return f"checkpoint at entry {state['applied']}"
+            how = f"checkpoint at entry {state['applied']}"
+            if stale:
+                history = self._history()
+                self.engine.rebuild(stale, history)
+                how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
+            return how
         self._fresh_state()
-        history = self.lake.read(self.series.symbol)
-        for bar in history.to_bars():
+        warm_up = self.lake.read(self.series.symbol)
+        for bar in warm_up.to_bars():
             self.engine.on_base_bar(bar)  # warm-up only: these snapshots were written before
             self.bars_until = bar.close_time
-        return f"warm-up from {len(history)} lake bars"
+        return f"warm-up from {len(warm_up)} lake bars"
+
+    def apply_bundle(self, bundle: ConfigBundle) -> str | None:
+        """Move the state to another bundle, between batches; says what was rebuilt (None when
+        the bundle is the active one).
+
+        Families whose state parameters are unchanged keep their state and take the new
+        thresholds from the next snapshot on; the others are rebuilt from the base bars the
+        engine has seen (the lake's, then those not yet appended to it), so the next snapshot
+        equals a recompute under the new bundle. The ingestor keeps its state (a shorter jump
+        lookback keeps the newest mids; a longer one fills up from the next events).
+        """
+        if bundle == self.bundle:
+            return None
+        engine, stale = self.engine.with_bundle(bundle)
+        ingestor = StreamIngestor(self.series, bundle)
+        ingestor.restore(self.ingestor.snapshot())
+        how = "thresholds only"
+        if stale:
+            history = self._history()
+            engine.rebuild(stale, history)
+            how = f"{describe(stale)} rebuilt from {len(history)} bars"
+        self.engine, self.ingestor, self.bundle = engine, ingestor, bundle
+        return how
+
+    def _history(self) -> list[Bar]:
+        """Every base bar the engine has seen, oldest first: the lake's up to `bars_until`,
+        then the committed bars not yet appended to it."""
+        bars = {
+            bar.close_time: bar
+            for bar in self.lake.read(self.series.symbol, to_close_time=self.bars_until).to_bars()
+        }
+        unsettled = self._unsettled[0].bars if self._unsettled is not None else []
+        for bar in (*self._unlaked, *unsettled):
+            if bar.close_time <= self.bars_until:
+                bars.setdefault(bar.close_time, bar)
+        return [bars[t] for t in sorted(bars)]
 
     def checkpoint(self, last_id: str) -> dict[str, Any]:
         return {
