@@ -1,4 +1,4 @@
-"""Generic checks every registered feature family gets (CONVENTIONS "the feature pattern"):
+"""The property checks every registered feature family gets (also listed in docs/features.md):
 
 1. online == batch on any valid sequence, rtol 1e-9;
 2. k steps, snapshot, restore into a fresh instance (through JSON), the rest == uninterrupted;
