@@ -100,7 +100,7 @@ def test_a_family_whose_saved_state_does_not_fit_is_rebuilt_alone(
     second = engine(BUNDLE, fx)
     stale = second.restore(state)
     assert stale == {(scope, family) for scope in scopes}
-    second.rebuild(stale, bars[:k])
+    second.rebuild(stale, bars)  # bars after those seen (a lake ahead of the state) are ignored
     assert_continues_like_uninterrupted(second, BUNDLE, bars, k, fx)
 
 
@@ -229,10 +229,29 @@ def test_families_the_engine_does_not_have_are_ignored() -> None:
 
 def test_an_empty_history_rebuilds_to_a_fresh_engine() -> None:
     second = engine(BUNDLE, LONG_FX)
-    stale = second.restore({"format": 2, "base_ms": HOUR_MS})
-    assert stale == ALL_KEYS
+    stale = second.restore({"format": 1})
+    assert (stale, second.seen_until) == (ALL_KEYS, None)
     second.rebuild(stale, [])
     assert second.snapshot() == engine(BUNDLE, LONG_FX).snapshot()
+
+
+def test_the_engine_knows_the_last_bar_it_has_seen() -> None:
+    first = engine(BUNDLE, None)
+    assert first.seen_until == -1
+    feed(first, SHORT_BARS)
+    assert first.seen_until == SHORT_BARS[-1].close_time
+    second = engine(BUNDLE, None)
+    second.restore(through_json(first.snapshot()))
+    assert second.seen_until == SHORT_BARS[-1].close_time
+
+
+def test_a_history_that_ends_before_the_last_bar_seen_is_refused() -> None:
+    second = engine(BUNDLE, LONG_FX)
+    stale = second.restore(saved_after(SHORT_BARS) | {"families": {}})
+    before = second.snapshot()
+    with pytest.raises(ValueError, match="the history ends at"):
+        second.rebuild(stale, SHORT_BARS[:-1])
+    assert second.snapshot() == before
 
 
 def _garbage() -> dict[str, Any]:
@@ -247,6 +266,8 @@ def _garbage() -> dict[str, Any]:
         "fitting_entry_unreadable": lambda s: s["families"]["4h"]["atr"].update(state={"x": 1}),
         "fitting_entry_wrong_type": lambda s: s["families"]["1d"]["book"].update(state=[None]),
         "builder_unreadable": lambda s: s["builders"]["1h"].update(ohlv=[1.0]),
+        "seen_until_not_an_integer": lambda s: s.update(seen_until="1h"),
+        "seen_until_absent": lambda s: s.pop("seen_until"),
     }
     for name, change in changes.items():
         state = through_json(good)
