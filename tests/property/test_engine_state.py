@@ -20,9 +20,11 @@ from s2feature.compute.engine_state import (
     EngineStateError,
     StateKey,
 )
+from s2feature.compute.family import FamilyContext
 from s2feature.compute.registry import FAMILIES
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import HOUR_MS, Bar, BarArrays, SeriesId, Snapshot
+from s2feature.domain import HOUR_MS, Bar, BarArrays, SeriesId, Snapshot, interval_ms
+from tests.support.bundles import bundle_of, knob_values
 from tests.support.market_gen import SeriesSpec, make_series, series_specs
 
 FUT = SeriesId("binance", "fut", "BTCUSDT")
@@ -307,3 +309,46 @@ def test_with_bundle_leaves_the_running_engine_as_it_was() -> None:
     moved.rebuild(stale, SHORT_BARS)
     feed(moved, LONG_BARS[300:400])
     assert running.snapshot() == before
+
+
+MINUTE = 60_000
+MINUTE_WINDOWS = ("1m", "5m", "1h")
+MINUTE_BUNDLE = ConfigBundle(rev="m1")
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    spec=series_specs(MINUTE, 1, 2500),
+    cut=st.floats(0.0, 1.0),
+    old=knob_values,
+    new=knob_values,
+)
+def test_with_bundle_then_rebuild_equals_a_fresh_run_under_any_new_bundle(
+    spec: SeriesSpec, cut: float, old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    """Minute bars with gaps; every drawn parameter may change. Exactly the families whose
+    declared params changed are stale, and after the rebuild the engine is a fresh run's."""
+    old_bundle = bundle_of(old, MINUTE_BUNDLE)
+    new_bundle = bundle_of(new, MINUTE_BUNDLE, rev="m2")
+    bars = make_series(spec).to_bars()
+    k = int(cut * len(bars))
+    running = SymbolEngine(FUT, MINUTE_WINDOWS, old_bundle)
+    feed(running, bars[:k])
+    moved, stale = running.with_bundle(new_bundle)
+    expected = set()
+    for family in FAMILIES:
+        scopes = (BASE_SCOPE,) if family.level == "base" else MINUTE_WINDOWS
+        for scope in scopes:
+            w_ms = MINUTE if scope == BASE_SCOPE else interval_ms(scope)
+            before, after = (
+                dict(family.state_params(FamilyContext(b, w_ms, MINUTE, "fut")))
+                for b in (old_bundle, new_bundle)
+            )
+            if before != after:
+                expected.add((scope, family.name))
+    assert stale == expected
+    moved.rebuild(stale, bars)
+    whole = SymbolEngine(FUT, MINUTE_WINDOWS, new_bundle)
+    feed(whole, bars[:k])
+    assert moved.snapshot() == whole.snapshot()
+    assert feed(moved, bars[k:]) == feed(whole, bars[k:])

@@ -24,39 +24,14 @@ from s2feature.compute.family import FamilyContext, FeatureFamily, FxCloseTable,
 from s2feature.compute.registry import FAMILIES
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import HOUR_MS, BarArrays, FeatureValue
+from tests.support.bundles import KNOBS, bundle_of, knob_values
 from tests.support.market_gen import SeriesSpec, make_series, series_specs
 
 BASE_MS = HOUR_MS  # hourly base bars: 30 days of history in ~800 bars keeps examples small
 BUNDLE = ConfigBundle(base_interval="1h")
 FAMILY_IDS = [f.name for f in FAMILIES]
 
-# Bundle parameters the families read, each named as its bundle field (the name a family's
-# `state_params` uses for it), with its bundle section and the values drawn.
-KNOBS: dict[str, tuple[str | None, st.SearchStrategy[Any]]] = {
-    "atr_period": ("windows", st.integers(1, 30)),
-    "rho_period": ("windows", st.integers(3, 20)),
-    "rho_z_period": ("windows", st.integers(3, 40)),
-    "coverage_min": ("windows", st.sampled_from([0.3, 0.5, 0.75, 0.9, 1.0])),
-    "liq_threshold_usdt": (None, st.sampled_from([1e4, 1e6, 3e7])),
-    "frozen_below": ("regime", st.sampled_from([0.0, 0.1, 0.3, 0.45])),
-    "extreme_above": ("regime", st.sampled_from([0.5, 0.7, 0.9, 1.0])),
-    "fx_symbol": ("rho", st.sampled_from(["USDTTWD", "USDTEUR"])),
-}
-knob_values = st.fixed_dictionaries({name: values for name, (_, values) in KNOBS.items()})
-
-
-def bundle_of(values: dict[str, Any]) -> ConfigBundle:
-    overrides: dict[str, Any] = {}
-    for name, value in values.items():
-        section = KNOBS[name][0]
-        if section is None:
-            overrides[name] = value
-        else:
-            overrides.setdefault(section, {})[name] = value
-    return BUNDLE.with_overrides(**overrides)
-
-
-bundles = st.just(BUNDLE) | knob_values.map(bundle_of)
+bundles = st.just(BUNDLE) | knob_values.map(lambda values: bundle_of(values, BUNDLE))
 
 
 def values_close(a: FeatureValue, b: FeatureValue) -> bool:
@@ -208,9 +183,10 @@ def test_restore_under_a_bundle_with_the_same_state_params_equals_a_run_under_it
 ) -> None:
     """Saved under `old`, which differs from `new` in every knob the family does not declare:
     the declared params must be all that the saved state depends on."""
-    new_bundle = bundle_of(new)
+    new_bundle = bundle_of(new, BUNDLE)
     kept = declared_knobs(family, new_bundle)
-    old_bundle = bundle_of({name: new[name] if name in kept else other[name] for name in KNOBS})
+    old_values = {name: new[name] if name in kept else other[name] for name in KNOBS}
+    old_bundle = bundle_of(old_values, BUNDLE)
     old_ctx = FamilyContext(old_bundle, BASE_MS, BASE_MS, "fut")
     new_ctx = FamilyContext(new_bundle, BASE_MS, BASE_MS, "fut")
     assert family.state_params(old_ctx) == family.state_params(new_ctx)

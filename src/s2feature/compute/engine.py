@@ -14,7 +14,7 @@ Order of work for each base bar (online), which the batch path reproduces:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from s2feature.compute.assembly import SnapshotAssembler
 from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars
@@ -288,7 +288,7 @@ class SymbolEngine:
         self._install(fresh)
         self.seen_until = replayed_until
 
-    def with_bundle(self, bundle: ConfigBundle) -> tuple[SymbolEngine, set[StateKey]]:
+    def with_bundle(self, bundle: ConfigBundle) -> tuple[Self, set[StateKey]]:
         """This engine under another bundle, and the parts to `rebuild` (same history).
 
         Families whose state params are unchanged keep their state and read every other
@@ -301,7 +301,7 @@ class SymbolEngine:
                 f"bundle {bundle.rev} has base interval {bundle.base_interval}, the running "
                 f"engine {self.bundle.base_interval}: a base interval cannot change while running"
             )
-        engine = SymbolEngine(self.series, self.windows, bundle, self._fx)
+        engine = type(self)(self.series, self.windows, bundle, self._fx)
         return engine, engine.restore(self.snapshot())
 
     def _keys(self, scope: str) -> list[StateKey]:
