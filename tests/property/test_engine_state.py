@@ -20,9 +20,11 @@ from s2feature.compute.engine_state import (
     EngineStateError,
     StateKey,
 )
+from s2feature.compute.family import FamilyContext
 from s2feature.compute.registry import FAMILIES
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import HOUR_MS, Bar, BarArrays, SeriesId, Snapshot
+from s2feature.domain import HOUR_MS, Bar, BarArrays, SeriesId, Snapshot, interval_ms
+from tests.support.bundles import bundle_of, knob_values
 from tests.support.market_gen import SeriesSpec, make_series, series_specs
 
 FUT = SeriesId("binance", "fut", "BTCUSDT")
@@ -100,7 +102,7 @@ def test_a_family_whose_saved_state_does_not_fit_is_rebuilt_alone(
     second = engine(BUNDLE, fx)
     stale = second.restore(state)
     assert stale == {(scope, family) for scope in scopes}
-    second.rebuild(stale, bars[:k])
+    second.rebuild(stale, bars)  # bars after those seen (a lake ahead of the state) are ignored
     assert_continues_like_uninterrupted(second, BUNDLE, bars, k, fx)
 
 
@@ -229,10 +231,29 @@ def test_families_the_engine_does_not_have_are_ignored() -> None:
 
 def test_an_empty_history_rebuilds_to_a_fresh_engine() -> None:
     second = engine(BUNDLE, LONG_FX)
-    stale = second.restore({"format": 2, "base_ms": HOUR_MS})
-    assert stale == ALL_KEYS
+    stale = second.restore({"format": 1})
+    assert (stale, second.seen_until) == (ALL_KEYS, None)
     second.rebuild(stale, [])
     assert second.snapshot() == engine(BUNDLE, LONG_FX).snapshot()
+
+
+def test_the_engine_knows_the_last_bar_it_has_seen() -> None:
+    first = engine(BUNDLE, None)
+    assert first.seen_until == -1
+    feed(first, SHORT_BARS)
+    assert first.seen_until == SHORT_BARS[-1].close_time
+    second = engine(BUNDLE, None)
+    second.restore(through_json(first.snapshot()))
+    assert second.seen_until == SHORT_BARS[-1].close_time
+
+
+def test_a_history_that_ends_before_the_last_bar_seen_is_refused() -> None:
+    second = engine(BUNDLE, LONG_FX)
+    stale = second.restore(saved_after(SHORT_BARS) | {"families": {}})
+    before = second.snapshot()
+    with pytest.raises(ValueError, match="the history ends at"):
+        second.rebuild(stale, SHORT_BARS[:-1])
+    assert second.snapshot() == before
 
 
 def _garbage() -> dict[str, Any]:
@@ -247,6 +268,8 @@ def _garbage() -> dict[str, Any]:
         "fitting_entry_unreadable": lambda s: s["families"]["4h"]["atr"].update(state={"x": 1}),
         "fitting_entry_wrong_type": lambda s: s["families"]["1d"]["book"].update(state=[None]),
         "builder_unreadable": lambda s: s["builders"]["1h"].update(ohlv=[1.0]),
+        "seen_until_not_an_integer": lambda s: s.update(seen_until="1h"),
+        "seen_until_absent": lambda s: s.pop("seen_until"),
     }
     for name, change in changes.items():
         state = through_json(good)
@@ -286,3 +309,46 @@ def test_with_bundle_leaves_the_running_engine_as_it_was() -> None:
     moved.rebuild(stale, SHORT_BARS)
     feed(moved, LONG_BARS[300:400])
     assert running.snapshot() == before
+
+
+MINUTE = 60_000
+MINUTE_WINDOWS = ("1m", "5m", "1h")
+MINUTE_BUNDLE = ConfigBundle(rev="m1")
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    spec=series_specs(MINUTE, 1, 2500),
+    cut=st.floats(0.0, 1.0),
+    old=knob_values,
+    new=knob_values,
+)
+def test_with_bundle_then_rebuild_equals_a_fresh_run_under_any_new_bundle(
+    spec: SeriesSpec, cut: float, old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    """Minute bars with gaps; every drawn parameter may change. Exactly the families whose
+    declared params changed are stale, and after the rebuild the engine is a fresh run's."""
+    old_bundle = bundle_of(old, MINUTE_BUNDLE)
+    new_bundle = bundle_of(new, MINUTE_BUNDLE, rev="m2")
+    bars = make_series(spec).to_bars()
+    k = int(cut * len(bars))
+    running = SymbolEngine(FUT, MINUTE_WINDOWS, old_bundle)
+    feed(running, bars[:k])
+    moved, stale = running.with_bundle(new_bundle)
+    expected = set()
+    for family in FAMILIES:
+        scopes = (BASE_SCOPE,) if family.level == "base" else MINUTE_WINDOWS
+        for scope in scopes:
+            w_ms = MINUTE if scope == BASE_SCOPE else interval_ms(scope)
+            before, after = (
+                dict(family.state_params(FamilyContext(b, w_ms, MINUTE, "fut")))
+                for b in (old_bundle, new_bundle)
+            )
+            if before != after:
+                expected.add((scope, family.name))
+    assert stale == expected
+    moved.rebuild(stale, bars)
+    whole = SymbolEngine(FUT, MINUTE_WINDOWS, new_bundle)
+    feed(whole, bars[:k])
+    assert moved.snapshot() == whole.snapshot()
+    assert feed(moved, bars[k:]) == feed(whole, bars[k:])

@@ -14,7 +14,7 @@ Order of work for each base bar (online), which the batch path reproduces:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from s2feature.compute.assembly import SnapshotAssembler
 from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars
@@ -112,6 +112,9 @@ class SymbolEngine:
         self._wbar_families = {w: self._instances[w] for w in self.windows}
         self._base_t0 = -1
         self._base_values: dict[str, FeatureValue] = {}
+        # Close time of the newest base bar fed: -1 for none, None when unknown (a state of
+        # another format was restored: everything is stale and the history decides).
+        self.seen_until: int | None = -1
 
     def on_base_bar(self, bar: Bar) -> list[Snapshot]:
         out = []
@@ -125,6 +128,7 @@ class SymbolEngine:
             done = self._builders[window].add(bar)
             if done is not None:
                 out.append(self._evaluate(window, done))
+        self.seen_until = bar.close_time
         return out
 
     def _evaluate(self, window: str, done: FinalWBar) -> Snapshot:
@@ -161,6 +165,7 @@ class SymbolEngine:
         return {
             "format": STATE_FORMAT,
             "base_ms": self._base_ms,
+            "seen_until": self.seen_until,
             "config_rev": self.bundle.rev,
             "builders": {w: b.snapshot() for w, b in self._builders.items()},
             "families": families,
@@ -180,8 +185,14 @@ class SymbolEngine:
         if state.get("format") != STATE_FORMAT:
             everything = self.state_keys()
             self._install(self._fresh_parts(everything))
+            self.seen_until = None
             return everything
         same_geometry = state.get("base_ms") == self._base_ms
+        seen_until = state.get("seen_until", "absent")
+        if seen_until is not None and (
+            isinstance(seen_until, bool) or not isinstance(seen_until, int)
+        ):
+            raise EngineStateError(f"engine state: seen_until is {seen_until!r}, not an integer")
         builders = mapping_at(state, "builders", "builders")
         families = mapping_at(state, "families", "families")
         stale: set[StateKey] = set()
@@ -211,6 +222,7 @@ class SymbolEngine:
                 parts[key] = instance
         parts.update(self._fresh_parts(stale))
         self._install(parts)
+        self.seen_until = seen_until
         return stale
 
     def rebuild(self, stale: Iterable[StateKey], history: Iterable[Bar]) -> None:
@@ -219,7 +231,10 @@ class SymbolEngine:
         Only the stale families are fed (w-bar ones through fresh builders, so they see the
         same w-bars), in the order `on_base_bar` feeds them and with the same evaluations, and
         no snapshot is made; afterwards the engine equals one that ran uninterrupted over
-        `history` under its bundle. The history must be exactly the bars the engine has seen.
+        `history` under its bundle. Bars after `seen_until` are ignored; a history that ends
+        before it raises ValueError (the rebuilt parts would lag the others). When `seen_until`
+        is unknown (None: a state of another format left everything stale), the whole history
+        is replayed and its last bar becomes `seen_until`.
         """
         wanted = set(stale)
         unknown = wanted - self.state_keys()
@@ -246,7 +261,12 @@ class SymbolEngine:
                 family.update(done.bar)
                 family.values_at(t0)
 
+        until = self.seen_until
+        replayed_until = -1
         for bar in history:
+            if until is not None and until < bar.close_time:
+                break  # bars the engine has not seen yet (e.g. a lake written past a checkpoint)
+            replayed_until = bar.close_time
             for window, builder in builders.items():
                 done = builder.close_before(bar)
                 if done is not None:
@@ -257,12 +277,18 @@ class SymbolEngine:
                 done = builder.add(bar)
                 if done is not None:
                     evaluate(window, done)
+        if until is not None and replayed_until != until:
+            raise ValueError(
+                f"the history ends at {replayed_until}, the engine has seen bars until {until}: "
+                "a rebuild over it would leave the families behind the others"
+            )
         for window in replayed:
             if (window, WBARS) in wanted:
                 fresh[(window, WBARS)] = builders[window]
         self._install(fresh)
+        self.seen_until = replayed_until
 
-    def with_bundle(self, bundle: ConfigBundle) -> tuple[SymbolEngine, set[StateKey]]:
+    def with_bundle(self, bundle: ConfigBundle) -> tuple[Self, set[StateKey]]:
         """This engine under another bundle, and the parts to `rebuild` (same history).
 
         Families whose state params are unchanged keep their state and read every other
@@ -275,7 +301,7 @@ class SymbolEngine:
                 f"bundle {bundle.rev} has base interval {bundle.base_interval}, the running "
                 f"engine {self.bundle.base_interval}: a base interval cannot change while running"
             )
-        engine = SymbolEngine(self.series, self.windows, bundle, self._fx)
+        engine = type(self)(self.series, self.windows, bundle, self._fx)
         return engine, engine.restore(self.snapshot())
 
     def _keys(self, scope: str) -> list[StateKey]:

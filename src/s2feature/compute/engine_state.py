@@ -5,6 +5,7 @@ State format 2 (a JSON object):
     {
       "format": 2,
       "base_ms": <base interval of the engine that wrote it>,
+      "seen_until": <close time of the newest base bar fed, -1 for none>,
       "config_rev": <rev of the bundle it ran under; informative only>,
       "builders": {<window>: <WBarBuilder state>},
       "families": {
