@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
+from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config_source.files import load_bundle
 from s2feature.data.importers import KlineFormatError
 from s2feature.domain import WINDOWS, SeriesId
 

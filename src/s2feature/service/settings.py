@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
+from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 
 
