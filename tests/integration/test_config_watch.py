@@ -24,6 +24,7 @@ from s2feature.service.config_watch import (
 )
 from s2feature.service.status import ConfigStatus
 from tests.support.config_server import ConfigServer
+from tests.support.redis_cluster import RedisClusterHarness
 from tests.support.redis_servers import RedisServer, wait_for
 
 NEVER_S = 3600.0  # a poll period no test waits for: only cfg:events messages trigger
@@ -131,11 +132,28 @@ def test_without_a_url_the_file_is_the_source_and_is_reloaded_on_cfg_events(
     path.write_text("rev: f2\nliq_threshold_usdt: 6.0e+5\n")
     announce(client)
     wait_for(lambda: rev_of(watcher) == "f2", timeout_s=30, what="rev f2 from the file")
-    assert watcher.active.get() == ActiveBundle(
-        ConfigBundle(rev="f2", liq_threshold_usdt=6e5), "file", watcher.active.get().fetched_at
+    reloaded = watcher.active.get()
+    assert reloaded is not None
+    assert (reloaded.bundle, reloaded.source) == (
+        ConfigBundle(rev="f2", liq_threshold_usdt=6e5),
+        "file",
     )
+    assert reloaded.fetched_at >= active.fetched_at
     # A file source is not cached: the cache stands in for the config service only.
     assert not (tmp_path / "config-cache.json").exists()
+
+
+def test_a_missing_file_at_start_publishes_nothing_until_it_appears(
+    make_watcher: WatcherFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "later.json"
+    watcher = make_watcher(file=path, poll_s=0.3)
+    status = wait_status(watcher, lambda s: s.rejected >= 2, "retries without the file")
+    assert status.last_error is not None
+    assert "cannot read config bundle" in status.last_error
+    assert watcher.active.get() is None
+    path.write_text(json.dumps({"rev": "f1"}))
+    assert ready(watcher).bundle.rev == "f1"
 
 
 def test_neither_url_nor_file_is_the_built_in_defaults(make_watcher: WatcherFactory) -> None:
@@ -453,8 +471,47 @@ def test_redis_down_at_start_still_loads_the_bundle(
     assert ready(watcher).bundle.rev == "r1"
 
 
-def test_settings_refuse_non_positive_periods() -> None:
-    with pytest.raises(ValueError, match="poll period must be positive"):
-        ConfigSourceSettings(poll_s=0)
-    with pytest.raises(ValueError, match="timeout must be positive"):
-        ConfigSourceSettings(timeout_s=-1)
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"poll_s": 0}, "config poll_s must be a positive number of seconds, got 0"),
+        ({"poll_s": float("inf")}, "config poll_s must be"),
+        ({"poll_s": float("nan")}, "config poll_s must be"),
+        ({"timeout_s": -1}, "config timeout_s must be a positive number of seconds, got -1"),
+        ({"url": ""}, "config service URL must be http"),
+        ({"url": "ftp://u:secret@host/"}, "config service URL must be http"),
+    ],
+    ids=["zero-poll", "inf-poll", "nan-poll", "negative-timeout", "empty-url", "ftp-url"],
+)
+def test_settings_refuse_unusable_values(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        ConfigSourceSettings(**settings)
+    assert "secret" not in str(caught.value)
+
+
+def test_settings_never_show_the_url_credentials() -> None:
+    settings = ConfigSourceSettings(url="https://ops:secret@cfg.local/s10")
+    assert "secret" not in repr(settings)
+    assert "https://cfg.local/s10" in repr(settings)
+    assert settings.source == "url"
+
+
+def test_cfg_events_are_read_through_a_cluster_client(
+    redis_cluster: RedisClusterHarness, config_server: ConfigServer, tmp_path: Path
+) -> None:
+    client = redis_cluster.client()
+    watcher = ConfigWatcher(
+        ConfigSourceSettings(
+            url=config_server.url, poll_s=NEVER_S, cache_path=tmp_path / "cache.json"
+        ),
+        client,
+    )
+    watcher.start()
+    try:
+        ready(watcher)
+        config_server.serve(R2)
+        client.xadd(EVENTS_STREAM, {"any": "thing"})
+        wait_for(lambda: rev_of(watcher) == "r2", timeout_s=30, what="rev r2 via the cluster")
+    finally:
+        watcher.stop()
+        client.close()

@@ -52,6 +52,15 @@ def display_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def check_base_url(url: str) -> None:
+    """Raise `ValueError` (without the URL's credentials) unless `url` is http(s)://host..."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"config service URL must be http(s)://host[:port][/path], got {display_url(url)!r}"
+        )
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -60,12 +69,8 @@ class ActiveBundleClient:
     """Fetches `<base_url>/active`; one instance per configured service, safe to reuse."""
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
+        check_base_url(base_url)
         parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"config service URL must be http(s)://host[:port][/path], got "
-                f"{display_url(base_url)!r}"
-            )
         if timeout_s <= 0:
             raise ValueError(f"config service timeout must be positive, got {timeout_s}")
         self._authorization: str | None = None

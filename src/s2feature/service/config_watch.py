@@ -28,18 +28,24 @@ Decisions:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from s2feature.config.bundle import BundleError, ConfigBundle, bundle_changes
 from s2feature.config_source.cache import BundleCache, CachedBundle, CacheError
 from s2feature.config_source.files import load_bundle
-from s2feature.config_source.remote import ActiveBundleClient, ConfigFetchError
+from s2feature.config_source.remote import (
+    ActiveBundleClient,
+    ConfigFetchError,
+    check_base_url,
+    display_url,
+)
 from s2feature.service.status import ConfigSource, ConfigStatus, Published
 from s2feature.streams.redis_io import AnyRedis
 
@@ -66,22 +72,31 @@ class ConfigSourceSettings:
     timeout_s: bound on one whole `GET /active` exchange.
     """
 
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)  # may hold credentials: see __repr__
     file: Path | None = None
     poll_s: float = 30.0
     cache_path: Path = Path("data/config-cache.json")
     timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not self.poll_s > 0:
-            raise ValueError(f"config poll period must be positive seconds, got {self.poll_s}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"config fetch timeout must be positive seconds, got {self.timeout_s}")
+        if self.url is not None:
+            check_base_url(self.url)
+        for name in ("poll_s", "timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"config {name} must be a positive number of seconds, got {value}")
+
+    def __repr__(self) -> str:
+        url = display_url(self.url) if self.url is not None else None
+        return (
+            f"ConfigSourceSettings(url={url!r}, file={self.file!r}, poll_s={self.poll_s!r}, "
+            f"cache_path={self.cache_path!r}, timeout_s={self.timeout_s!r})"
+        )
 
     @property
     def source(self) -> ConfigSource:
         """The configured source: "url", "file" or "defaults"."""
-        if self.url:
+        if self.url is not None:
             return "url"
         return "file" if self.file is not None else "defaults"
 
@@ -130,7 +145,9 @@ class ConfigWatcher:
         self._validate = validate
         self._clock = clock
         self._client = (
-            ActiveBundleClient(settings.url, settings.timeout_s) if settings.url else None
+            ActiveBundleClient(settings.url, settings.timeout_s)
+            if settings.url is not None
+            else None
         )
         self._cache = BundleCache(settings.cache_path)
         self._etag: str | None = None  # the service's ETag for the active bundle
