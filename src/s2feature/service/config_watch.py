@@ -125,7 +125,8 @@ class ConfigWatcher:
     `validate` is the caller's extra check: it raises (any exception; its message is the
     reason) to refuse a bundle the schema accepts but the service cannot run (e.g. another
     `base_interval`). `redis` may be a standalone or a cluster client; it is used only for
-    `cfg:events`. The thread never dies on an error: it logs it and carries on.
+    `cfg:events`. Its threads never die on an error: they log it and carry on. A watcher is
+    started once.
     """
 
     def __init__(
@@ -139,8 +140,12 @@ class ConfigWatcher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.active: Published[ActiveBundle | None] = active or Published(None)
-        self.status: Published[ConfigStatus] = status or Published(ConfigStatus())
+        self.active: Published[ActiveBundle | None] = (
+            active if active is not None else Published(None)
+        )
+        self.status: Published[ConfigStatus] = (
+            status if status is not None else Published(ConfigStatus())
+        )
         self._redis = redis
         self._validate = validate
         self._clock = clock
@@ -171,6 +176,7 @@ class ConfigWatcher:
     def start(self) -> None:
         """Start the threads; the first load happens on the watcher thread (see `wait_ready`)."""
         self._events_thread.start()
+        self._started_at = self._clock()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -299,7 +305,7 @@ class ConfigWatcher:
             if candidate is not None:
                 self._apply(candidate, self.settings.source, now, trigger)
         if self.active.get() is None and self._client is not None:
-            self._fall_back_to_cache()
+            self._fall_back_to_cache(trigger)
         self._publish_status()
         return time.monotonic() + self._delay()
 
@@ -393,7 +399,7 @@ class ConfigWatcher:
             },
         )
 
-    def _fall_back_to_cache(self) -> None:
+    def _fall_back_to_cache(self, trigger: str) -> None:
         try:
             cached = self._cache.read()
         except CacheError as exc:
@@ -420,7 +426,7 @@ class ConfigWatcher:
                 "new_rev": cached.bundle.rev,
                 "changed": [],
                 "source": "cache",
-                "trigger": "start",
+                "trigger": trigger,
             },
         )
 
