@@ -515,3 +515,24 @@ def test_cfg_events_are_read_through_a_cluster_client(
     finally:
         watcher.stop()
         client.close()
+
+
+def test_cfg_events_are_read_through_a_resp3_client(
+    redis_server: RedisServer, config_server: ConfigServer, tmp_path: Path
+) -> None:
+    # RESP3 returns XREAD replies as a map, RESP2 as a list: both are triggers.
+    client = redis_server.client(protocol=3)
+    watcher = ConfigWatcher(
+        ConfigSourceSettings(
+            url=config_server.url, poll_s=NEVER_S, cache_path=tmp_path / "cache.json"
+        ),
+        client,
+    )
+    watcher.start()
+    try:
+        ready(watcher)
+        config_server.serve(R2)
+        announce(client)
+        wait_for(lambda: rev_of(watcher) == "r2", timeout_s=30, what="rev r2 via RESP3")
+    finally:
+        watcher.stop()

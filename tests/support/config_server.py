@@ -94,7 +94,7 @@ class ConfigServer:
             self._mode, self._raw = "raw", raw
 
     def hang(self) -> None:
-        """Hold every request without an answer until `serve`/`stop`."""
+        """Hold every request without an answer (until `stop` drops them)."""
         with self._lock:
             self._mode = "hang"
 

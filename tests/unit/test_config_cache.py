@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,35 @@ def test_a_corrupt_cache_is_a_cache_error_naming_the_file(
         BundleCache(path).read()
     assert str(path) in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_reader_never_sees_a_torn_cache_while_it_is_rewritten(tmp_path: Path) -> None:
+    cache = BundleCache(tmp_path / "config-cache.json")
+    # A large bundle makes a torn (partly written) file likely if writes were not atomic.
+    versions = [
+        CachedBundle(BUNDLE.with_overrides(rev="a" * 50_000), 1.0, "a"),
+        CachedBundle(BUNDLE.with_overrides(rev="b" * 50_000), 2.0, "b"),
+    ]
+    cache.write(versions[0])
+    seen: list[CachedBundle | None] = []
+    errors: list[CacheError] = []
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        while not done.is_set():
+            try:
+                seen.append(BundleCache(cache.path).read())
+            except CacheError as exc:
+                errors.append(exc)
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        for i in range(100):
+            cache.write(versions[i % 2])
+    finally:
+        done.set()
+        reader.join(30)
+    assert errors == []
+    assert seen
+    assert all(value in versions for value in seen)
