@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -534,5 +536,39 @@ def test_cfg_events_are_read_through_a_resp3_client(
         config_server.serve(R2)
         announce(client)
         wait_for(lambda: rev_of(watcher) == "r2", timeout_s=30, what="rev r2 via RESP3")
+    finally:
+        watcher.stop()
+
+
+def test_an_unexpected_error_is_logged_and_the_watcher_carries_on(
+    redis_server: RedisServer,
+    config_server: ConfigServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken = threading.Event()
+    broken.set()
+
+    def clock() -> float:  # fails on the watcher thread while `broken` is set
+        if broken.is_set() and threading.current_thread().name == "s2-config-watch":
+            raise RuntimeError("clock broken on purpose")
+        return time.time()
+
+    watcher = ConfigWatcher(
+        ConfigSourceSettings(url=config_server.url, poll_s=0.2, cache_path=tmp_path / "c.json"),
+        redis_server.client(),
+        clock=clock,
+    )
+    watcher.start()
+    try:
+        wait_for(
+            lambda: any(getattr(r, "event", None) == "config_watch_error" for r in caplog.records),
+            timeout_s=30,
+            what="the error logged",
+        )
+        assert watcher.alive
+        assert watcher.active.get() is None
+        broken.clear()
+        assert ready(watcher).bundle.rev == "r1"
     finally:
         watcher.stop()

@@ -58,6 +58,7 @@ FIRST_RETRY_S: Final = 0.5
 _BLOCK_MS: Final = 500  # bounds how long stop() waits for a blocked XREAD
 _FIRST_ID_WAIT_S: Final = 2.0  # how long the first load waits for the stream's last ID
 _REDIS_RETRY_S: Final = 1.0
+_ERROR_PAUSE_S: Final = 1.0  # after an unexpected error, so a persistent one does not spin
 _POLL_JITTER: Final = 0.1  # instances started together do not poll together
 
 
@@ -208,15 +209,19 @@ class ConfigWatcher:
         # while the first load runs still triggers another one. Redis being down must not delay
         # the first load for long: the reader then triggers a reload once it reaches Redis.
         self._event_id_known.wait(_FIRST_ID_WAIT_S)
-        next_check = self._attempt("start")
+        next_check: float | None = None  # None: the first load is still to come
         while not self._stop.is_set():
             try:
-                next_check = self._wait_and_attempt(next_check)
+                if next_check is None:
+                    next_check = time.monotonic()  # a failing first load is retried as a poll
+                    next_check = self._attempt("start")
+                else:
+                    next_check = self._wait_and_attempt(next_check)
             except Exception:  # a bug must not end hot reload for the life of the process
                 log.exception(
                     "config watcher error; carrying on", extra={"event": "config_watch_error"}
                 )
-                self._stop.wait(_REDIS_RETRY_S)
+                self._stop.wait(_ERROR_PAUSE_S)
 
     def _wait_and_attempt(self, next_check: float) -> float:
         """Wait for a `cfg:events` trigger or the next scheduled check, then attempt a load.
@@ -246,7 +251,7 @@ class ConfigWatcher:
                     "config events reader error; carrying on",
                     extra={"event": "config_watch_error"},
                 )
-                self._stop.wait(_REDIS_RETRY_S)
+                self._stop.wait(_ERROR_PAUSE_S)
 
     def _read_events(self) -> bool:
         """One Redis call; whether a reload is due (new messages, or Redis reached again)."""
