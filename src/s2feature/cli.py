@@ -13,7 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from s2feature.config.bundle import ConfigBundle, load_bundle
+from s2feature.config.bundle import ConfigBundle
+from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId
 from s2feature.errors import ConfigurationError
 

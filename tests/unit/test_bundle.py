@@ -14,9 +14,10 @@ from s2feature.config.bundle import (
     DEFAULT_REQUIRED,
     BundleError,
     ConfigBundle,
-    load_bundle,
+    bundle_changes,
     parse_bundle,
 )
+from s2feature.config_source.files import load_bundle
 from s2feature.domain import FEATURES
 
 
@@ -276,3 +277,27 @@ def test_bundle_is_immutable() -> None:
         bundle.rev = "other"  # type: ignore[misc]
     with pytest.raises(ValidationError, match="frozen"):
         bundle.regime.frozen_below = 0.3  # type: ignore[misc]
+
+
+def test_bundle_changes_lists_the_dotted_paths_that_differ_in_field_order() -> None:
+    old = ConfigBundle()
+    new = old.with_overrides(
+        rev="r9",
+        liq_threshold_usdt=5e5,
+        windows={"atr_period": 21},
+        features={"enabled": list(FEATURES[:-1]), "required": ["atr_14"]},
+        mode={"persist_all": True},
+    )
+    assert bundle_changes(old, new) == [
+        "features.enabled",
+        "features.required",
+        "windows.atr_period",
+        "liq_threshold_usdt",
+        "mode.persist_all",
+    ]
+    assert bundle_changes(new, old) == bundle_changes(old, new)
+
+
+def test_bundle_changes_ignores_the_rev_and_is_empty_for_equal_settings() -> None:
+    assert bundle_changes(ConfigBundle(), ConfigBundle().with_overrides(rev="other")) == []
+    assert bundle_changes(ConfigBundle(), ConfigBundle()) == []

@@ -1,16 +1,14 @@
 """The config bundle (SPEC §9): every tunable of the feature engine, with the SPEC defaults.
 
-A bundle is immutable once validated, so a running service can swap the whole object atomically
-and readers see either the old or the new bundle, never a mix.
+Pure models and validation only: reading a bundle from a file, an HTTP service or the disk cache
+lives in `s2feature.config_source`. A bundle is immutable once validated, so a holder can swap the
+whole object and readers see either the old or the new bundle, never a mix.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2feature.domain import FEATURES, INTERVAL_MS
@@ -130,6 +128,7 @@ class BundleError(ConfigurationError):
 
 
 def parse_bundle(data: Any, origin: str = "bundle") -> ConfigBundle:
+    """Validate decoded data (a mapping) into a bundle; `BundleError` names every bad field."""
     try:
         return ConfigBundle.model_validate(data)
     except ValidationError as exc:
@@ -140,17 +139,19 @@ def parse_bundle(data: Any, origin: str = "bundle") -> ConfigBundle:
         raise BundleError(f"invalid config bundle {origin}: {problems}") from exc
 
 
-def load_bundle(path: str | Path) -> ConfigBundle:
-    """Load a bundle from a JSON or YAML file (chosen by suffix; YAML also reads JSON)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BundleError(f"cannot read config bundle {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"config bundle {path} is not UTF-8 text: {exc.reason}") from exc
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise BundleError(f"config bundle {path} is not valid JSON/YAML: {exc}") from exc
-    return parse_bundle(data if data is not None else {}, origin=str(path))
+def bundle_changes(old: ConfigBundle, new: ConfigBundle) -> list[str]:
+    """Dotted paths of the settings that differ between two bundles, in field order; `rev` is a
+    label, not a setting, and is never listed. A tuple (a feature list) is one setting."""
+    return _differing(old.model_dump(exclude={"rev"}), new.model_dump(exclude={"rev"}), "")
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+    changed: list[str] = []
+    for key, old_value in old.items():
+        new_value = new[key]  # same model on both sides: same keys
+        path = f"{prefix}{key}"
+        if isinstance(old_value, dict) and isinstance(new_value, dict):
+            changed += _differing(old_value, new_value, f"{path}.")
+        elif old_value != new_value:
+            changed.append(path)
+    return changed

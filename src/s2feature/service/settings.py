@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
+from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 from s2feature.errors import ConfigurationError
 from s2feature.store.factory import StoreSettings

@@ -1,0 +1,487 @@
+"""The config watcher (SPEC §9): keeps the active config bundle, hot-reloaded, in a holder.
+
+A watcher thread, owned by the service, that
+- loads the bundle at start from the first configured source: the config service
+  (`ConfigSourceSettings.url`, `GET <url>/active`), else a bundle file, else the built-in defaults;
+- loads it again on every message of the Redis stream `cfg:events` (a plain `XREAD` from the last
+  seen entry ID, so every instance sees every message; the content of a message is ignored, it is
+  only a trigger), and on a safety-net poll every `poll_s` seconds;
+- validates each bundle (JSON, schema, then the caller's `validate`) before it replaces the active
+  one, and publishes it whole, so the loop reads one `ActiveBundle` per batch;
+- publishes a `ConfigStatus` after every attempt, for `/health`.
+
+A second thread only reads `cfg:events` and wakes the first: a Redis client may retry a failed
+call for seconds, and the poll must not wait for it.
+
+Decisions:
+- A bundle is applied when its content differs from the active one in any way, `rev` included. A
+  different content under the same rev is applied too (with a warning): the content decides.
+- Only bundles from the config service are cached on disk; the cache stands in for the service
+  when it is unreachable at start (source "cache"). A file source is itself on disk.
+- `stale`: the configured source (service or file) has not delivered a usable bundle (or a 304 for
+  the active one) for more than `STALE_POLLS` poll intervals; a source that keeps serving a
+  refused bundle is stale too, since the service does not run what the source says.
+- While no bundle is active, or the active one comes from the cache, a failed attempt is retried
+  with a doubling backoff capped at `min(poll_s, MAX_RETRY_S)`; otherwise the poll period applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from s2feature.config.bundle import BundleError, ConfigBundle, bundle_changes
+from s2feature.config_source.cache import BundleCache, CachedBundle, CacheError
+from s2feature.config_source.files import load_bundle
+from s2feature.config_source.remote import (
+    ActiveBundleClient,
+    ConfigFetchError,
+    check_base_url,
+    display_url,
+)
+from s2feature.service.status import ConfigSource, ConfigStatus, Published
+from s2feature.streams.redis_io import AnyRedis
+
+log = logging.getLogger(__name__)
+
+EVENTS_STREAM: Final = "cfg:events"
+STALE_POLLS: Final = 3
+MAX_RETRY_S: Final = 30.0
+FIRST_RETRY_S: Final = 0.5
+_BLOCK_MS: Final = 500  # bounds how long stop() waits for a blocked XREAD
+_FIRST_ID_WAIT_S: Final = 2.0  # how long the first load waits for the stream's last ID
+_REDIS_RETRY_S: Final = 1.0
+_ERROR_PAUSE_S: Final = 1.0  # after an unexpected error, so a persistent one does not spin
+_POLL_JITTER: Final = 0.1  # instances started together do not poll together
+
+
+@dataclass(frozen=True)
+class ConfigSourceSettings:
+    """Where bundles come from and how often they are checked.
+
+    url: base URL of the config service (`GET <url>/active`); None: no service.
+    file: a bundle file (JSON/YAML), used when `url` is None; neither: the built-in defaults.
+    poll_s: safety-net poll period in seconds, beside the `cfg:events` triggers.
+    cache_path: where the last good bundle from the service is kept.
+    timeout_s: bound on one whole `GET /active` exchange.
+    """
+
+    url: str | None = field(default=None, repr=False)  # may hold credentials: see __repr__
+    file: Path | None = None
+    poll_s: float = 30.0
+    cache_path: Path = Path("data/config-cache.json")
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            check_base_url(self.url)
+        for name in ("poll_s", "timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"config {name} must be a positive number of seconds, got {value}")
+
+    def __repr__(self) -> str:
+        url = display_url(self.url) if self.url is not None else None
+        return (
+            f"ConfigSourceSettings(url={url!r}, file={self.file!r}, poll_s={self.poll_s!r}, "
+            f"cache_path={self.cache_path!r}, timeout_s={self.timeout_s!r})"
+        )
+
+    @property
+    def source(self) -> ConfigSource:
+        """The configured source: "url", "file" or "defaults"."""
+        if self.url is not None:
+            return "url"
+        return "file" if self.file is not None else "defaults"
+
+
+@dataclass(frozen=True)
+class ActiveBundle:
+    """The bundle the service runs on, how it was obtained and when (wall-clock epoch seconds).
+
+    A new value is published when the bundle changes, and also when only its source changes (the
+    service answers again after a start on the cache): compare `bundle`, not the holder value,
+    to decide what to rebuild.
+    """
+
+    bundle: ConfigBundle
+    source: ConfigSource
+    fetched_at: float
+
+
+class _RejectedError(Exception):
+    """An attempt that produced no usable bundle; `str()` is the one-line reason."""
+
+
+class ConfigWatcher:
+    """Keeps `active` (the bundle, or None before any was approved) and `status` up to date.
+
+    `validate` is the caller's extra check: it raises (any exception; its message is the
+    reason) to refuse a bundle the schema accepts but the service cannot run (e.g. another
+    `base_interval`). `redis` may be a standalone or a cluster client; it is used only for
+    `cfg:events`. Its threads never die on an error: they log it and carry on. A watcher is
+    started once.
+    """
+
+    def __init__(
+        self,
+        settings: ConfigSourceSettings,
+        redis: AnyRedis,
+        validate: Callable[[ConfigBundle], None] = lambda bundle: None,
+        *,
+        active: Published[ActiveBundle | None] | None = None,
+        status: Published[ConfigStatus] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.active: Published[ActiveBundle | None] = (
+            active if active is not None else Published(None)
+        )
+        self.status: Published[ConfigStatus] = (
+            status if status is not None else Published(ConfigStatus())
+        )
+        self._redis = redis
+        self._validate = validate
+        self._clock = clock
+        self._client = (
+            ActiveBundleClient(settings.url, settings.timeout_s)
+            if settings.url is not None
+            else None
+        )
+        self._cache = BundleCache(settings.cache_path)
+        self._etag: str | None = None  # the service's ETag for the active bundle
+        self._rejected = 0
+        self._last_error: str | None = None
+        self._last_success_at: float | None = None
+        self._started_at = clock()
+        self._retry_s = FIRST_RETRY_S
+        self._last_event_id: str | None = None  # None: not known yet (Redis not reached)
+        self._event_id_known = threading.Event()
+        self._redis_failing = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # set by the reader on a cfg:events message
+        self._thread = threading.Thread(target=self._run, name="s2-config-watch", daemon=True)
+        self._events_thread = threading.Thread(
+            target=self._read_events_forever, name="s2-config-events", daemon=True
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads; the first load happens on the watcher thread (see `wait_ready`)."""
+        self._events_thread.start()
+        self._started_at = self._clock()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop both threads and join them.
+
+        The watcher thread ends at once. The `cfg:events` reader ends after its current read
+        (`_BLOCK_MS`); a read stuck in the Redis client's own retries against a dead server may
+        outlive `timeout`, and then ends on its own (it is a daemon thread and loads nothing).
+        """
+        self._stop.set()
+        self._wake.set()
+        for thread in (self._thread, self._events_thread):
+            if thread.is_alive():
+                thread.join(timeout)
+
+    def wait_ready(self, timeout: float) -> ActiveBundle | None:
+        """The active bundle once there is one, or None if none was approved within `timeout`."""
+        return self.active.wait_for(lambda value: value is not None, timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the watcher thread runs (it only ends on `stop`)."""
+        return self._thread.is_alive()
+
+    # -- the watcher thread: loads ------------------------------------------------------------
+
+    def _run(self) -> None:
+        # The reader takes the stream's last ID before the first load, so a change announced
+        # while the first load runs still triggers another one. Redis being down must not delay
+        # the first load for long: the reader then triggers a reload once it reaches Redis.
+        self._event_id_known.wait(_FIRST_ID_WAIT_S)
+        next_check: float | None = None  # None: the first load is still to come
+        while not self._stop.is_set():
+            try:
+                if next_check is None:
+                    next_check = time.monotonic()  # a failing first load is retried as a poll
+                    next_check = self._attempt("start")
+                else:
+                    next_check = self._wait_and_attempt(next_check)
+            except Exception:  # a bug must not end hot reload for the life of the process
+                log.exception(
+                    "config watcher error; carrying on", extra={"event": "config_watch_error"}
+                )
+                self._stop.wait(_ERROR_PAUSE_S)
+
+    def _wait_and_attempt(self, next_check: float) -> float:
+        """Wait for a `cfg:events` trigger or the next scheduled check, then attempt a load.
+
+        Returns the monotonic time of the next scheduled check."""
+        triggered = self._wake.wait(max(0.0, next_check - time.monotonic()))
+        if self._stop.is_set():
+            return next_check
+        if triggered:
+            self._wake.clear()  # messages arriving during the load below set it again
+            return self._attempt(EVENTS_STREAM)
+        if time.monotonic() >= next_check:
+            return self._attempt("poll")
+        return next_check
+
+    # -- the cfg:events reader thread: triggers ------------------------------------------------
+
+    def _read_events_forever(self) -> None:
+        # A thread of its own: a Redis client may retry a failed call for seconds, and the
+        # safety-net poll must go on meanwhile.
+        while not self._stop.is_set():
+            try:
+                if self._read_events():
+                    self._wake.set()
+            except Exception:
+                log.exception(
+                    "config events reader error; carrying on",
+                    extra={"event": "config_watch_error"},
+                )
+                self._stop.wait(_ERROR_PAUSE_S)
+
+    def _read_events(self) -> bool:
+        """One Redis call; whether a reload is due (new messages, or Redis reached again)."""
+        try:
+            if self._last_event_id is None:
+                newest: Any = self._redis.xrevrange(EVENTS_STREAM, count=1)
+                self._last_event_id = _decode(newest[0][0]) if newest else "0-0"
+                self._event_id_known.set()
+                return self._redis_ok()
+            reply: Any = self._redis.xread(
+                {EVENTS_STREAM: self._last_event_id}, count=100, block=_BLOCK_MS
+            )
+        except Exception as exc:
+            self._redis_failed(exc)
+            self._stop.wait(_REDIS_RETRY_S)
+            return False
+        recovered = self._redis_ok()
+        entries = _stream_entries(reply)
+        if entries:
+            self._last_event_id = _decode(entries[-1][0])
+        # After an outage a change may have been announced while no message could be written.
+        return bool(entries) or recovered
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if not self._redis_failing:  # once per outage, not once per read
+            log.warning(
+                "cannot read %s: %s; the poll every %g s still reloads the config",
+                EVENTS_STREAM,
+                exc,
+                self.settings.poll_s,
+                extra={"event": "config_events_unavailable", "error": str(exc)},
+            )
+        self._redis_failing = True
+
+    def _redis_ok(self) -> bool:
+        """Record a successful Redis call; whether it ends an outage."""
+        recovered = self._redis_failing
+        if recovered:
+            log.info("reading %s again", EVENTS_STREAM, extra={"event": "config_events_available"})
+        self._redis_failing = False
+        return recovered
+
+    # -- one load attempt ----------------------------------------------------------------------
+
+    def _attempt(self, trigger: str) -> float:
+        """Load from the configured source once and publish the outcome; the next check time."""
+        now = self._clock()
+        try:
+            candidate = self._load()
+        except _RejectedError as rejected:
+            self._reject(str(rejected), trigger)
+        else:
+            self._last_success_at = now
+            self._last_error = None
+            self._retry_s = FIRST_RETRY_S
+            if candidate is not None:
+                self._apply(candidate, self.settings.source, now, trigger)
+        if self.active.get() is None and self._client is not None:
+            self._fall_back_to_cache(trigger)
+        self._publish_status()
+        return time.monotonic() + self._delay()
+
+    def _load(self) -> ConfigBundle | None:
+        """A validated bundle from the configured source; None: unchanged (HTTP 304)."""
+        if self._client is not None:
+            current = self.active.get()
+            etag = self._etag if current is not None and current.source == "url" else None
+            try:
+                fetched = self._client.fetch(etag)
+            except ConfigFetchError as exc:
+                raise _RejectedError(str(exc)) from None
+            if fetched is None:
+                return None
+            bundle = fetched.bundle
+            self._check(bundle)
+            self._etag = fetched.etag
+            return bundle
+        if self.settings.file is not None:
+            try:
+                bundle = load_bundle(self.settings.file)
+            except BundleError as exc:
+                raise _RejectedError(" ".join(str(exc).split())) from None
+        else:
+            bundle = ConfigBundle()
+        self._check(bundle)
+        return bundle
+
+    def _check(self, bundle: ConfigBundle) -> None:
+        try:
+            self._validate(bundle)
+        except Exception as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise _RejectedError(f"bundle {bundle.rev} refused: {reason}") from None
+
+    def _apply(self, bundle: ConfigBundle, source: ConfigSource, now: float, trigger: str) -> None:
+        current = self.active.get()
+        if current is not None and current.bundle == bundle:
+            if current.source != source:
+                self.active.set(ActiveBundle(bundle, source, now))
+                self._write_cache(bundle, source, now)
+                log.info(
+                    "config source %s answers again with the active bundle %s",
+                    source,
+                    bundle.rev,
+                    extra={"event": "config_source_restored", "rev": bundle.rev, "source": source},
+                )
+            return
+        old_rev = current.bundle.rev if current is not None else None
+        changed = bundle_changes(current.bundle, bundle) if current is not None else []
+        self.active.set(ActiveBundle(bundle, source, now))
+        self._write_cache(bundle, source, now)
+        if current is not None and old_rev == bundle.rev:
+            log.warning(
+                "config rev %s reused for a different bundle; applied",
+                bundle.rev,
+                extra={"event": "config_rev_reused", "rev": bundle.rev, "changed": changed},
+            )
+        log.info(
+            "config applied: rev %s -> %s from %s (%s), changed: %s",
+            old_rev,
+            bundle.rev,
+            source,
+            trigger,
+            ", ".join(changed) or "-",
+            extra={
+                "event": "config_applied",
+                "old_rev": old_rev,
+                "new_rev": bundle.rev,
+                "changed": changed,
+                "source": source,
+                "trigger": trigger,
+            },
+        )
+
+    def _reject(self, reason: str, trigger: str) -> None:
+        self._rejected += 1
+        self._last_error = reason
+        current = self.active.get()
+        kept = current.bundle.rev if current is not None else None
+        log.warning(
+            "config rejected (%s): %s; keeping rev %s",
+            trigger,
+            reason,
+            kept,
+            extra={
+                "event": "config_rejected",
+                "reason": reason,
+                "kept_rev": kept,
+                "trigger": trigger,
+            },
+        )
+
+    def _fall_back_to_cache(self, trigger: str) -> None:
+        try:
+            cached = self._cache.read()
+        except CacheError as exc:
+            self._last_error = f"{self._last_error}; {exc}" if self._last_error else str(exc)
+            log.error(str(exc), extra={"event": "config_cache_unusable", "reason": str(exc)})
+            return
+        if cached is None:
+            return
+        try:
+            self._validate(cached.bundle)
+        except Exception as exc:
+            reason = f"cached bundle {cached.bundle.rev} refused: {' '.join(str(exc).split())}"
+            self._last_error = f"{self._last_error}; {reason}" if self._last_error else reason
+            log.error(reason, extra={"event": "config_cache_unusable", "reason": reason})
+            return
+        self.active.set(ActiveBundle(cached.bundle, "cache", cached.fetched_at))
+        log.warning(
+            "config service unreachable; running on the cached bundle %s fetched at %s",
+            cached.bundle.rev,
+            cached.fetched_at,
+            extra={
+                "event": "config_applied",
+                "old_rev": None,
+                "new_rev": cached.bundle.rev,
+                "changed": [],
+                "source": "cache",
+                "trigger": trigger,
+            },
+        )
+
+    def _write_cache(self, bundle: ConfigBundle, source: ConfigSource, now: float) -> None:
+        if source != "url" or self._client is None:
+            return
+        try:
+            self._cache.write(CachedBundle(bundle, now, self._client.url))
+        except CacheError as exc:
+            # The bundle is applied all the same; only a later start without the service loses.
+            log.error(str(exc), extra={"event": "config_cache_write_failed", "reason": str(exc)})
+
+    def _delay(self) -> float:
+        current = self.active.get()
+        degraded = current is None or current.source == "cache"
+        if degraded and self._last_error is not None:
+            delay = min(self._retry_s, self.settings.poll_s, MAX_RETRY_S)
+            self._retry_s = min(self._retry_s * 2, MAX_RETRY_S)
+            return delay
+        return self.settings.poll_s * (1 - _POLL_JITTER * random.random())
+
+    def _publish_status(self) -> None:
+        current = self.active.get()
+        since = self._last_success_at if self._last_success_at is not None else self._started_at
+        stale = (
+            self.settings.source != "defaults"
+            and self._clock() - since > STALE_POLLS * self.settings.poll_s
+        )
+        self.status.set(
+            replace(
+                self.status.get(),
+                rev=current.bundle.rev if current is not None else None,
+                source=current.source if current is not None else None,
+                fetched_at=current.fetched_at if current is not None else None,
+                last_success_at=self._last_success_at,
+                last_error=self._last_error,
+                rejected=self._rejected,
+                stale=stale,
+            )
+        )
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_entries(reply: Any) -> list[Any]:
+    """The entries of the one stream read, from a RESP2 (list) or RESP3 (dict) XREAD reply."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [entry for entries in reply.values() for entry in entries]
+    return [entry for _key, entries in reply for entry in entries]
