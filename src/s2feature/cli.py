@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from s2feature.service.runner import Service
     from s2feature.service.settings import SettingsError, load_settings
     from s2feature.store.factory import open_store
-    from s2feature.streams.redis_io import connect
+    from s2feature.streams.client import connect
 
     logging.basicConfig(
         level=os.environ.get("S2_LOG_LEVEL", "INFO"),

@@ -47,14 +47,9 @@ from s2feature.service.settings import Settings
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store, StoreUnavailable
 from s2feature.streams.ahead import ReadAhead, sends_ahead
+from s2feature.streams.client import AnyRedis, is_retryable
 from s2feature.streams.lease import LeaseLost, StreamLease
-from s2feature.streams.redis_io import (
-    AnyRedis,
-    Entry,
-    StreamIO,
-    is_retryable,
-    read_new_of_any,
-)
+from s2feature.streams.redis_io import Entry, StreamIO, read_new_of_any
 
 log = logging.getLogger("s2feature.service")
 T = TypeVar("T")

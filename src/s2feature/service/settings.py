@@ -10,22 +10,11 @@ from pathlib import Path
 
 from s2feature.config.bundle import BundleError, ConfigBundle, load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
+from s2feature.streams.client import RedisSettings
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names it."""
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    addresses: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    socket_timeout_s: float = 5.0  # longer than the blocking read, or idle reads time out
-
-    @property
-    def is_cluster(self) -> bool:
-        return len(self.addresses) > 1
 
 
 @dataclass(frozen=True)

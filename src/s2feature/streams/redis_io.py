@@ -1,7 +1,7 @@
-"""Redis side of the service: connection, key names, consumer-group reads, outputs, checkpoints.
+"""Redis side of the service: consumer-group reads, outputs, checkpoints.
 
-Every call here is one Redis round trip (or a pipeline of them); `is_retryable` tells the service
-loop which failures to retry with backoff. Writes are idempotent:
+Every call here is one Redis round trip (or a pipeline of them); `streams.client.is_retryable`
+tells the service loop which failures to retry with backoff. Writes are idempotent:
 output entries have explicit IDs `<t0>-<k>`, so a replayed emit is rejected by Redis and counted as
 already emitted; the dead-letter stream reuses the input entry ID for the same reason.
 """
@@ -10,39 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 
 from s2feature import strict_json
 from s2feature.domain import SeriesId, window_index
-from s2feature.service.settings import RedisSettings
+from s2feature.streams.client import AnyRedis
+from s2feature.streams.keys import cache_key, dead_letter_key, events_key, last_key
+from s2feature.streams.lease import StreamLease
 
-if TYPE_CHECKING:  # lease.py imports this module
-    from s2feature.streams.lease import StreamLease
-
-AnyRedis = redis.Redis | RedisCluster
 Fields = dict[bytes | str, bytes | str]
 Entry = tuple[str, Fields]  # (entry id, fields)
 ACK_SLICE: Final = 10_000  # entry IDs per XACK
-
-
-RETRYABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    # ClusterError covers CLUSTERDOWN, MASTERDOWN and the cluster client's "TTL exhausted" after
-    # too many redirects in a row, all of which a settled topology fixes.
-    redis.exceptions.ClusterError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.MovedError,
-    redis.exceptions.AskError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    # Not a RedisError: the client's slot map had no node for the key (a topology refresh caught
-    # mid-migration or mid-failover).
-    redis.exceptions.SlotNotCoveredError,
-)
 
 
 # KEYS: feat:events:<symbol> [, feat:last:<symbol>]; ARGV: maxlen, last document, its TTL in s,
@@ -65,54 +46,6 @@ if KEYS[2] then
 end
 return new
 """
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether retrying the same call later can succeed (connection, topology, loading)."""
-    if isinstance(exc, redis.AuthenticationError):
-        return False  # a ConnectionError subclass, but a wrong password does not heal itself
-    if isinstance(exc, RETRYABLE):
-        return True
-    # A blocked XREADGROUP whose key migrates fails with "UNBLOCKED ... no longer exists".
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("UNBLOCKED", "LOADING"))
-
-
-def connect(settings: RedisSettings) -> AnyRedis:
-    if settings.is_cluster:
-        nodes = [ClusterNode(host, port) for host, port in settings.addresses]  # type: ignore[no-untyped-call]
-        return RedisCluster(
-            startup_nodes=nodes,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=2.0,
-        )
-    host, port = settings.addresses[0]
-    return redis.Redis(
-        host=host,
-        port=port,
-        username=settings.username,
-        password=settings.password,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=2.0,
-    )
-
-
-def events_key(symbol: str) -> str:
-    return f"feat:events:{symbol}"
-
-
-def last_key(symbol: str) -> str:
-    return f"feat:last:{symbol}"
-
-
-def cache_key(symbol: str) -> str:
-    # The {cache} hash tag is the SPEC's key name; it keeps every checkpoint in one slot.
-    return f"feat:{{cache}}:{symbol}"
-
-
-def dead_letter_key(symbol: str) -> str:
-    return f"feat:dlq:{symbol}"
 
 
 def entry_id_tuple(entry_id: str) -> tuple[int, int]:
