@@ -143,7 +143,15 @@ class Service:
     def _stream_io(self, series: SeriesId) -> StreamIO:
         s = self.settings
         lease = StreamLease(self.client, series.symbol, s.consumer, s.claim_idle_ms)
-        return StreamIO(self.client, series, s.group, s.consumer, lease)
+        return StreamIO(
+            self.client,
+            series,
+            s.group,
+            s.consumer,
+            lease,
+            min_replicas=s.redis.min_replicas,
+            wait_ms=s.redis.wait_ms,
+        )
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

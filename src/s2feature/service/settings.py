@@ -85,6 +85,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise SettingsError(f"{name}: expected a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     config_file = env.get("S2_CONFIG_FILE")
     try:
@@ -94,6 +103,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     symbols = env.get("S2_SYMBOLS", "")
     block_ms = _positive_int(env, "S2_BLOCK_MS", 200)
     claim_idle_ms = _positive_int(env, "S2_CLAIM_IDLE_MS", 30_000)
+    wait_ms = _positive_int(env, "S2_REDIS_WAIT_MS", 1000)
     if block_ms * 3 >= claim_idle_ms:
         # Stream leases are renewed between reads, three times per TTL.
         raise SettingsError(
@@ -105,7 +115,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             addresses=_addresses(env.get("S2_REDIS_ADDRESSES", "127.0.0.1:6379")),
             username=env.get("S2_REDIS_USERNAME") or None,
             password=env.get("S2_REDIS_PASSWORD") or None,
-            socket_timeout_s=5.0 + block_ms / 1000,
+            # Longer than the blocking read and than WAIT, or idle reads and waits time out.
+            socket_timeout_s=5.0 + max(block_ms, wait_ms) / 1000,
+            min_replicas=_count(env, "S2_REDIS_MIN_REPLICAS", 0),
+            wait_ms=wait_ms,
         ),
         series=_series(symbols),
         windows=_windows(env.get("S2_WINDOWS", "1m,5m,1h"), bundle),
