@@ -70,7 +70,8 @@ from s2feature.service.process import quiet_garbage_collector  # noqa: E402
 from s2feature.service.runner import Service  # noqa: E402
 from s2feature.service.settings import load_settings  # noqa: E402
 from s2feature.store.sqlite import SqliteStore  # noqa: E402
-from s2feature.streams.redis_io import connect, events_key  # noqa: E402
+from s2feature.streams.client import connect  # noqa: E402
+from s2feature.streams.keys import events_key  # noqa: E402
 
 # Stand-in names: each stream is its own stretch of the real BTC/USD data, not another coin.
 SYMBOLS = (("BTCUSDT", 3), ("ETHUSDT", 4), ("SOLUSDT", 3))  # (symbol, pre-loaded entries/bar)

@@ -29,7 +29,8 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.redis_io import connect, events_key, last_key
+from s2feature.streams.client import connect
+from s2feature.streams.keys import events_key, last_key
 
 SERIES = SeriesId("coinbase", "fut", "BTCUSD")
 DAYS = 3

@@ -20,7 +20,7 @@ from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings
 from s2feature.store.factory import open_store
-from s2feature.streams.redis_io import connect
+from s2feature.streams.client import connect
 
 log = logging.getLogger("s2feature.service")
 

@@ -19,7 +19,8 @@ from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.ahead import PublishAhead, ReadAhead
-from s2feature.streams.redis_io import StreamIO, events_key, last_key
+from s2feature.streams.keys import events_key, last_key
+from s2feature.streams.redis_io import StreamIO
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 

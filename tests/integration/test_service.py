@@ -31,8 +31,10 @@ from s2feature.service.settings import Settings, load_settings
 from s2feature.service.worker import SeriesWorker
 from s2feature.store.base import StoreError
 from s2feature.store.sqlite import SqliteStore
+from s2feature.streams.client import connect
+from s2feature.streams.keys import last_key
 from s2feature.streams.lease import StreamLease
-from s2feature.streams.redis_io import ACK_SLICE, StreamIO, connect, last_key
+from s2feature.streams.redis_io import ACK_SLICE, StreamIO
 from s2feature.strict_json import NonFiniteError
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer, blocked_readers, wait_for

@@ -28,7 +28,8 @@ from s2feature.service.retry import Backoff
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.redis_io import AnyRedis, cache_key, connect, events_key
+from s2feature.streams.client import AnyRedis, connect
+from s2feature.streams.keys import cache_key, events_key
 from tests.support.redis_cluster import RedisClusterHarness, key_slot
 from tests.support.redis_servers import RedisServer, blocked_readers, wait_for
 from tests.support.service_checks import (

@@ -19,8 +19,8 @@ from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.lease import LeaseLost, StreamLease, lease_key
-from s2feature.streams.redis_io import cache_key
+from s2feature.streams.keys import cache_key, lease_key
+from s2feature.streams.lease import LeaseLost, StreamLease
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer, wait_for
 

@@ -32,7 +32,8 @@ from s2feature.domain import BarArrays, SeriesId, Snapshot, window_index
 from s2feature.lake.parquet import BarLake
 from s2feature.service.worker import routing
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.redis_io import AnyRedis, events_key, is_retryable
+from s2feature.streams.client import AnyRedis, is_retryable
+from s2feature.streams.keys import events_key
 from tests.support.market_gen import SeriesSpec, make_series
 
 DEFAULT_WINDOWS = "1m,5m,1h"

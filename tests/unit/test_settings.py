@@ -85,7 +85,7 @@ def test_socket_timeout_outlasts_the_blocking_read() -> None:
 def test_a_wrong_password_is_not_retried() -> None:
     import redis
 
-    from s2feature.streams.redis_io import is_retryable
+    from s2feature.streams.client import is_retryable
 
     assert not is_retryable(redis.AuthenticationError("WRONGPASS"))
     assert is_retryable(redis.ConnectionError("reset"))

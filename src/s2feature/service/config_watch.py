@@ -47,7 +47,7 @@ from s2feature.config_source.remote import (
     display_url,
 )
 from s2feature.service.status import ConfigSource, ConfigStatus, Published
-from s2feature.streams.redis_io import AnyRedis
+from s2feature.streams.client import AnyRedis
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from s2feature.service.ownership import Ownership
 from s2feature.service.retry import Backoff
 from s2feature.service.worker import SeriesWorker
 from s2feature.streams.ahead import ReadAhead, sends_ahead
-from s2feature.streams.redis_io import AnyRedis, Entry, is_retryable, read_new_of_any
+from s2feature.streams.client import AnyRedis, is_retryable
+from s2feature.streams.redis_io import Entry, read_new_of_any
 
 log = logging.getLogger("s2feature.service")
 

@@ -19,7 +19,7 @@ from redis.exceptions import RedisClusterException
 
 from s2feature.service.status import DependencyStatus
 from s2feature.store.base import StoreUnavailable
-from s2feature.streams.redis_io import is_retryable
+from s2feature.streams.client import is_retryable
 
 log = logging.getLogger("s2feature.service")
 T = TypeVar("T")

@@ -32,8 +32,9 @@ from s2feature.service.settings import Settings
 from s2feature.service.status import LoopStatus, Published
 from s2feature.service.worker import BatchOutputs, SeriesWorker
 from s2feature.store.base import Store
+from s2feature.streams.client import AnyRedis
 from s2feature.streams.lease import StreamLease
-from s2feature.streams.redis_io import AnyRedis, Entry, StreamIO
+from s2feature.streams.redis_io import Entry, StreamIO
 
 log = logging.getLogger("s2feature.service")
 
@@ -103,7 +104,15 @@ class Service:
     def _stream_io(self, series_id: SeriesId) -> StreamIO:
         s = self.settings
         lease = StreamLease(self.client, series_id.symbol, s.consumer, s.claim_idle_ms)
-        return StreamIO(self.client, series_id, s.group, s.consumer, lease)
+        return StreamIO(
+            self.client,
+            series_id,
+            s.group,
+            s.consumer,
+            lease,
+            min_replicas=s.redis.min_replicas,
+            wait_ms=s.redis.wait_ms,
+        )
 
     def start(self) -> None:
         for worker in self.workers.values():

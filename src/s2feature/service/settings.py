@@ -19,6 +19,7 @@ from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 from s2feature.errors import ConfigurationError
 from s2feature.store.factory import StoreSettings
+from s2feature.streams.client import RedisSettings
 
 ENV_PREFIX = "S2_"
 MAX_BATCH_SIZE = 200  # entries per XREADGROUP: bounds the latency one batch adds to the others
@@ -40,6 +41,8 @@ class EnvSettings(BaseSettings):
     redis_addresses: str = "127.0.0.1:6379"
     redis_username: str | None = None
     redis_password: SecretStr | None = None
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_wait_ms: int = Field(1_000, gt=0)
     consumer_group: str = "s2"
     consumer_name: str | None = None
     config_file: Path | None = None
@@ -90,18 +93,6 @@ class EnvSettings(BaseSettings):
             if key.upper().startswith(ENV_PREFIX)
         }
         return cls.model_validate(values)
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    addresses: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    socket_timeout_s: float = 5.0  # longer than the blocking read, or idle reads time out
-
-    @property
-    def is_cluster(self) -> bool:
-        return len(self.addresses) > 1
 
 
 @dataclass(frozen=True)
@@ -225,7 +216,10 @@ def settings_of(raw: EnvSettings) -> Settings:
             addresses=_addresses(raw.redis_addresses),
             username=raw.redis_username,
             password=password,
-            socket_timeout_s=5.0 + raw.block_ms / 1000,
+            # Longer than the blocking read and than WAIT, or idle reads and waits time out.
+            socket_timeout_s=5.0 + max(raw.block_ms, raw.redis_wait_ms) / 1000,
+            min_replicas=raw.redis_min_replicas,
+            wait_ms=raw.redis_wait_ms,
         ),
         series=_series(raw.symbols),
         windows=parse_windows(raw.windows, bundle.base_ms, bundle.base_interval),

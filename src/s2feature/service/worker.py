@@ -373,6 +373,7 @@ class SeriesWorker:
             # its base bars are in the lake, so a crash replays them from the stream.
             self.lake.append(self.series.symbol, self._unlaked)
             self._unlaked = []
+        self.io.confirm_outputs()  # replicas hold the outputs before a checkpoint covers them
         if self._unsaved_id is not None:
             self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
         self.io.ack(self._unacked)

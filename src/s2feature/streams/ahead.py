@@ -122,6 +122,8 @@ class PublishAhead(_Sent):
 
     def __init__(self, io: StreamIO, keys: Sequence[str], args: Sequence[Any]) -> None:
         self._io, self._keys, self._args = io, keys, args
+        last = bytes(args[1]) if len(keys) > 1 else None  # the script sets `feat:last` itself
+        io.written(keys, args, last, int(args[2]))
         super().__init__(io.client, [("EVALSHA", io.emit_sha, len(keys), *keys, *args)])
 
     def result(self) -> int:

@@ -22,7 +22,8 @@ import secrets
 from typing import Any, Final
 
 from s2feature.errors import S2FeatureError
-from s2feature.streams.redis_io import AnyRedis
+from s2feature.streams.client import AnyRedis
+from s2feature.streams.keys import lease_key
 
 _ACQUIRE: Final = """
 local holder = redis.call('GET', KEYS[1])
@@ -57,10 +58,6 @@ return 0
 
 class LeaseLost(S2FeatureError):  # noqa: N818 - a state, not a failure of the call
     """Another consumer owns the stream now: this one must stop applying its entries."""
-
-
-def lease_key(symbol: str) -> str:
-    return f"feat:{{cache}}:{symbol}:owner"
 
 
 class StreamLease:

@@ -1,7 +1,7 @@
-"""Redis side of the service: connection, key names, consumer-group reads, outputs, checkpoints.
+"""Redis side of the service: consumer-group reads, outputs, checkpoints.
 
-Every call here is one Redis round trip (or a pipeline of them); `is_retryable` tells the service
-loop which failures to retry with backoff. Writes are idempotent:
+Every call here is one Redis round trip (or a pipeline of them); `streams.client.is_retryable`
+tells the service loop which failures to retry with backoff. Writes are idempotent:
 output entries have explicit IDs `<t0>-<k>`, so a replayed emit is rejected by Redis and counted as
 already emitted; the dead-letter stream reuses the input entry ID for the same reason.
 """
@@ -9,40 +9,25 @@ already emitted; the dead-letter stream reuses the input entry ID for the same r
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 
 from s2feature import strict_json
 from s2feature.domain import SeriesId, window_index
-from s2feature.service.settings import RedisSettings
+from s2feature.streams.client import AnyRedis
+from s2feature.streams.keys import cache_key, dead_letter_key, events_key, last_key
+from s2feature.streams.lease import StreamLease
+from s2feature.streams.replicas import wait_for_replicas
 
-if TYPE_CHECKING:  # lease.py imports this module
-    from s2feature.streams.lease import StreamLease
-
-AnyRedis = redis.Redis | RedisCluster
 Fields = dict[bytes | str, bytes | str]
 Entry = tuple[str, Fields]  # (entry id, fields)
 ACK_SLICE: Final = 10_000  # entry IDs per XACK
-
-
-RETRYABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    # ClusterError covers CLUSTERDOWN, MASTERDOWN and the cluster client's "TTL exhausted" after
-    # too many redirects in a row, all of which a settled topology fixes.
-    redis.exceptions.ClusterError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.MovedError,
-    redis.exceptions.AskError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    # Not a RedisError: the client's slot map had no node for the key (a topology refresh caught
-    # mid-migration or mid-failover).
-    redis.exceptions.SlotNotCoveredError,
-)
+T = TypeVar("T")
 
 
 # KEYS: feat:events:<symbol> [, feat:last:<symbol>]; ARGV: maxlen, last document, its TTL in s,
@@ -67,54 +52,6 @@ return new
 """
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether retrying the same call later can succeed (connection, topology, loading)."""
-    if isinstance(exc, redis.AuthenticationError):
-        return False  # a ConnectionError subclass, but a wrong password does not heal itself
-    if isinstance(exc, RETRYABLE):
-        return True
-    # A blocked XREADGROUP whose key migrates fails with "UNBLOCKED ... no longer exists".
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("UNBLOCKED", "LOADING"))
-
-
-def connect(settings: RedisSettings) -> AnyRedis:
-    if settings.is_cluster:
-        nodes = [ClusterNode(host, port) for host, port in settings.addresses]  # type: ignore[no-untyped-call]
-        return RedisCluster(
-            startup_nodes=nodes,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=2.0,
-        )
-    host, port = settings.addresses[0]
-    return redis.Redis(
-        host=host,
-        port=port,
-        username=settings.username,
-        password=settings.password,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=2.0,
-    )
-
-
-def events_key(symbol: str) -> str:
-    return f"feat:events:{symbol}"
-
-
-def last_key(symbol: str) -> str:
-    return f"feat:last:{symbol}"
-
-
-def cache_key(symbol: str) -> str:
-    # The {cache} hash tag is the SPEC's key name; it keeps every checkpoint in one slot.
-    return f"feat:{{cache}}:{symbol}"
-
-
-def dead_letter_key(symbol: str) -> str:
-    return f"feat:dlq:{symbol}"
-
-
 def entry_id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -129,11 +66,43 @@ def lost_before(entries: Sequence[Entry], first_pending_id: str | None) -> bool:
     return not entries or first_pending_id != entries[0][0]
 
 
+@dataclass(frozen=True)
+class ReadFailure:
+    """Reads of a stream failing without a success in between: since when (`time.monotonic()`),
+    the last error, and the node the stream's slot was mapped to at that error."""
+
+    since: float
+    last_error: str
+    node: str
+
+
+@dataclass(frozen=True)
+class _Emitted:
+    """One emit call, kept until replicas confirmed it (`S2_REDIS_MIN_REPLICAS`)."""
+
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+    last: bytes | None
+    last_ttl_s: int
+
+
 class StreamIO:
-    """Consumer-group reads and the outputs of one series."""
+    """Consumer-group reads and the outputs of one series.
+
+    With `min_replicas` > 0, `confirm_outputs` and `save_checkpoint` return only once that many
+    replicas hold the writes (see `streams/replicas.py`), waiting at most `wait_ms` per node.
+    """
 
     def __init__(
-        self, client: AnyRedis, series: SeriesId, group: str, consumer: str, lease: StreamLease
+        self,
+        client: AnyRedis,
+        series: SeriesId,
+        group: str,
+        consumer: str,
+        lease: StreamLease,
+        *,
+        min_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
         self.client = client
         self.series = series
@@ -141,7 +110,15 @@ class StreamIO:
         self.group = group
         self.consumer = consumer
         self.lease = lease
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
         self._emit = client.register_script(_EMIT)
+        # Reads failing since (None while they succeed); for health reporting.
+        self.read_failure: ReadFailure | None = None
+        # Writes not yet confirmed by replicas, in order; rewritten after a failed confirmation.
+        self._unconfirmed: list[_Emitted] = []
+        self._dead_unconfirmed: list[tuple[str, Fields, tuple[str, ...]]] = []
+        self._rewrite = False
 
     def ensure_group(self) -> None:
         try:
@@ -196,7 +173,7 @@ class StreamIO:
             count=1,
             consumername=self.consumer,
         )
-        reply, pending = pipe.execute()
+        reply, pending = self._reading(pipe.execute)
         entries = _entries_by_stream(reply).get(self.key, [])
         first_pending = _decode(pending[0]["message_id"]) if pending else None
         return entries, lost_before(entries, first_pending)
@@ -221,10 +198,33 @@ class StreamIO:
         return bool(rows)
 
     def _read(self, from_id: str, count: int, block_ms: int | None) -> list[Entry]:
-        reply: Any = self.client.xreadgroup(
-            self.group, self.consumer, {self.key: from_id}, count=count, block=block_ms
+        reply: Any = self._reading(
+            lambda: self.client.xreadgroup(
+                self.group, self.consumer, {self.key: from_id}, count=count, block=block_ms
+            )
         )
         return _entries_by_stream(reply).get(self.key, [])
+
+    def _reading(self, read: Callable[[], T]) -> T:
+        """Run a read, keeping `read_failure` up to date."""
+        try:
+            result = read()
+        except Exception as exc:
+            since = time.monotonic() if self.read_failure is None else self.read_failure.since
+            self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
+            raise
+        self.read_failure = None
+        return result
+
+    def node(self) -> str:
+        """`host:port` of the node this stream's reads go to, as the client's map has it."""
+        try:
+            if isinstance(self.client, RedisCluster):
+                return str(self.client.get_node_from_key(self.key).name)  # type: ignore[no-untyped-call]
+            kwargs = self.client.connection_pool.connection_kwargs
+            return f"{kwargs.get('host')}:{kwargs.get('port')}"
+        except Exception as exc:  # a map caught mid-refresh: say so rather than fail the read
+            return f"unknown ({type(exc).__name__})"
 
     def delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
@@ -241,6 +241,11 @@ class StreamIO:
             self.client.xack(self.key, self.group, *ids[start : start + ACK_SLICE])
 
     def dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
+        if self.min_replicas > 0:
+            self._dead_unconfirmed.append((entry_id, fields, tuple(reasons)))
+        self._dead_letter(entry_id, fields, reasons)
+
+    def _dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
         payload: Fields = {
             **fields,
             "s2_reasons": json.dumps(list(reasons)),
@@ -272,10 +277,52 @@ class StreamIO:
         if not items:
             return 0
         keys, args = self.emit_request(items, maxlen, last, last_ttl_s)
+        self.written(keys, args, last, last_ttl_s)
+        return self._publish(keys, args, last, last_ttl_s)
+
+    def _publish(
+        self, keys: Sequence[str], args: Sequence[Any], last: bytes | None, last_ttl_s: int
+    ) -> int:
         new = self.run_emit_script(keys, args)
         if last is not None and len(keys) == 1:
             self.client.set(last_key(self.series.symbol), last, ex=last_ttl_s)
         return new
+
+    def written(
+        self, keys: Sequence[str], args: Sequence[Any], last: bytes | None, last_ttl_s: int
+    ) -> None:
+        """Note an emit request about to be sent (by `publish`, or ahead of its reply), so
+        that `confirm_outputs` can wait for it and rewrite it."""
+        if self.min_replicas > 0:
+            self._unconfirmed.append(_Emitted(tuple(keys), tuple(args), last, last_ttl_s))
+
+    def confirm_outputs(self) -> None:
+        """Return once `min_replicas` replicas hold every emit, `feat:last` and dead letter
+        written since the last confirmation (at once when `min_replicas` is 0).
+
+        Raises `ReplicasBehind` (retryable) when they do not within `wait_ms`. The writes are
+        then sent again, in order, by the next call before it waits: should the node have
+        failed over to a replica that lacked them, they are back (replays are skipped where
+        they had landed). Only then may the entries they came from be checkpointed and acked.
+        """
+        if self.min_replicas <= 0 or not (self._unconfirmed or self._dead_unconfirmed):
+            return
+        if self._rewrite:
+            for entry_id, fields, reasons in self._dead_unconfirmed:
+                self._dead_letter(entry_id, fields, reasons)
+            for emitted in self._unconfirmed:
+                self._publish(emitted.keys, emitted.args, emitted.last, emitted.last_ttl_s)
+        keys = {key for emitted in self._unconfirmed for key in emitted.keys}
+        if any(emitted.last is not None for emitted in self._unconfirmed):
+            keys.add(last_key(self.series.symbol))
+        if self._dead_unconfirmed:
+            keys.add(dead_letter_key(self.series.symbol))
+        self._rewrite = True  # until the wait below succeeds
+        self._wait_for_replicas(keys)
+        self._unconfirmed, self._dead_unconfirmed, self._rewrite = [], [], False
+
+    def _wait_for_replicas(self, keys: set[str]) -> None:
+        wait_for_replicas(self.client, keys, self.min_replicas, self.wait_ms, self.consumer)
 
     def emit_request(
         self,
@@ -305,10 +352,15 @@ class StreamIO:
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
-        writes nothing) when another one has taken it over."""
+        writes nothing) when another one has taken it over. With `min_replicas` > 0, returns
+        once that many replicas hold it, else raises `ReplicasBehind`."""
         self.lease.fenced_set(cache_key(self.series.symbol), strict_json.encode(state))
+        self._wait_for_replicas({cache_key(self.series.symbol)})
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint, or None. Writes not confirmed by replicas are forgotten: the state is
+        rebuilt from the checkpoint, and what they held is derived again from the entries."""
+        self._unconfirmed, self._dead_unconfirmed, self._rewrite = [], [], False
         raw: Any = self.client.get(cache_key(self.series.symbol))
         return None if raw is None else dict(json.loads(raw))
 
