@@ -18,8 +18,8 @@ import redis
 
 from s2feature.config.bundle import ConfigBundle
 from s2feature.config_source.cache import BundleCache, CachedBundle
+from s2feature.service.config_events import EVENTS_STREAM
 from s2feature.service.config_watch import (
-    EVENTS_STREAM,
     ActiveBundle,
     ConfigSourceSettings,
     ConfigWatcher,

@@ -10,8 +10,8 @@ A watcher thread, owned by the service, that
   one, and publishes it whole, so the loop reads one `ActiveBundle` per batch;
 - publishes a `ConfigStatus` after every attempt, for `/health`.
 
-A second thread only reads `cfg:events` and wakes the first: a Redis client may retry a failed
-call for seconds, and the poll must not wait for it.
+A second thread (`config_events.ConfigEventsReader`) only reads `cfg:events` and wakes the first:
+a Redis client may retry a failed call for seconds, and the poll must not wait for it.
 
 Decisions:
 - A bundle is applied when its content differs from the active one in any way, `rev` included. A
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from s2feature.config.bundle import BundleError, ConfigBundle, bundle_changes
 from s2feature.config_source.cache import BundleCache, CachedBundle, CacheError
@@ -46,18 +46,16 @@ from s2feature.config_source.remote import (
     check_base_url,
     display_url,
 )
+from s2feature.service.config_events import EVENTS_STREAM, ConfigEventsReader
 from s2feature.service.status import ConfigSource, ConfigStatus, Published
 from s2feature.streams.client import AnyRedis
 
 log = logging.getLogger(__name__)
 
-EVENTS_STREAM: Final = "cfg:events"
 STALE_POLLS: Final = 3
 MAX_RETRY_S: Final = 30.0
 FIRST_RETRY_S: Final = 0.5
-_BLOCK_MS: Final = 500  # bounds how long stop() waits for a blocked XREAD
 _FIRST_ID_WAIT_S: Final = 2.0  # how long the first load waits for the stream's last ID
-_REDIS_RETRY_S: Final = 1.0
 _ERROR_PAUSE_S: Final = 1.0  # after an unexpected error, so a persistent one does not spin
 _POLL_JITTER: Final = 0.1  # instances started together do not poll together
 
@@ -162,36 +160,30 @@ class ConfigWatcher:
         self._last_success_at: float | None = None
         self._started_at = clock()
         self._retry_s = FIRST_RETRY_S
-        self._last_event_id: str | None = None  # None: not known yet (Redis not reached)
-        self._event_id_known = threading.Event()
-        self._redis_failing = False
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by the reader on a cfg:events message
+        self._events = ConfigEventsReader(redis, on_trigger=self._wake.set)
         self._thread = threading.Thread(target=self._run, name="s2-config-watch", daemon=True)
-        self._events_thread = threading.Thread(
-            target=self._read_events_forever, name="s2-config-events", daemon=True
-        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the threads; the first load happens on the watcher thread (see `wait_ready`)."""
-        self._events_thread.start()
+        self._events.start()
         self._started_at = self._clock()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop both threads and join them.
 
-        The watcher thread ends at once. The `cfg:events` reader ends after its current read
-        (`_BLOCK_MS`); a read stuck in the Redis client's own retries against a dead server may
-        outlive `timeout`, and then ends on its own (it is a daemon thread and loads nothing).
+        The watcher thread ends at once, the `cfg:events` reader after its current read (see
+        `ConfigEventsReader.stop`).
         """
         self._stop.set()
         self._wake.set()
-        for thread in (self._thread, self._events_thread):
-            if thread.is_alive():
-                thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._events.stop(timeout)
 
     def wait_ready(self, timeout: float) -> ActiveBundle | None:
         """The active bundle once there is one, or None if none was approved within `timeout`."""
@@ -208,7 +200,7 @@ class ConfigWatcher:
         # The reader takes the stream's last ID before the first load, so a change announced
         # while the first load runs still triggers another one. Redis being down must not delay
         # the first load for long: the reader then triggers a reload once it reaches Redis.
-        self._event_id_known.wait(_FIRST_ID_WAIT_S)
+        self._events.wait_positioned(_FIRST_ID_WAIT_S)
         next_check: float | None = None  # None: the first load is still to come
         while not self._stop.is_set():
             try:
@@ -236,63 +228,6 @@ class ConfigWatcher:
         if time.monotonic() >= next_check:
             return self._attempt("poll")
         return next_check
-
-    # -- the cfg:events reader thread: triggers ------------------------------------------------
-
-    def _read_events_forever(self) -> None:
-        # A thread of its own: a Redis client may retry a failed call for seconds, and the
-        # safety-net poll must go on meanwhile.
-        while not self._stop.is_set():
-            try:
-                if self._read_events():
-                    self._wake.set()
-            except Exception:
-                log.exception(
-                    "config events reader error; carrying on",
-                    extra={"event": "config_watch_error"},
-                )
-                self._stop.wait(_ERROR_PAUSE_S)
-
-    def _read_events(self) -> bool:
-        """One Redis call; whether a reload is due (new messages, or Redis reached again)."""
-        try:
-            if self._last_event_id is None:
-                newest: Any = self._redis.xrevrange(EVENTS_STREAM, count=1)
-                self._last_event_id = _decode(newest[0][0]) if newest else "0-0"
-                self._event_id_known.set()
-                return self._redis_ok()
-            reply: Any = self._redis.xread(
-                {EVENTS_STREAM: self._last_event_id}, count=100, block=_BLOCK_MS
-            )
-        except Exception as exc:
-            self._redis_failed(exc)
-            self._stop.wait(_REDIS_RETRY_S)
-            return False
-        recovered = self._redis_ok()
-        entries = _stream_entries(reply)
-        if entries:
-            self._last_event_id = _decode(entries[-1][0])
-        # After an outage a change may have been announced while no message could be written.
-        return bool(entries) or recovered
-
-    def _redis_failed(self, exc: Exception) -> None:
-        if not self._redis_failing:  # once per outage, not once per read
-            log.warning(
-                "cannot read %s: %s; the poll every %g s still reloads the config",
-                EVENTS_STREAM,
-                exc,
-                self.settings.poll_s,
-                extra={"event": "config_events_unavailable", "error": str(exc)},
-            )
-        self._redis_failing = True
-
-    def _redis_ok(self) -> bool:
-        """Record a successful Redis call; whether it ends an outage."""
-        recovered = self._redis_failing
-        if recovered:
-            log.info("reading %s again", EVENTS_STREAM, extra={"event": "config_events_available"})
-        self._redis_failing = False
-        return recovered
 
     # -- one load attempt ----------------------------------------------------------------------
 
@@ -472,16 +407,3 @@ class ConfigWatcher:
                 stale=stale,
             )
         )
-
-
-def _decode(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _stream_entries(reply: Any) -> list[Any]:
-    """The entries of the one stream read, from a RESP2 (list) or RESP3 (dict) XREAD reply."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [entry for entries in reply.values() for entry in entries]
-    return [entry for _key, entries in reply for entry in entries]
