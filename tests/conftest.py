@@ -32,6 +32,11 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# Every `s2-feature run` a test starts (with the test process's environment) serves `/health`
+# on a free port, never on the default 8080: instances run side by side, and the machine may
+# already use that port.
+os.environ["S2_API_PORT"] = "0"
+
 REDIS_FIXTURES = frozenset(
     {"redis_server_bin", "redis_server", "redis_server_factory", "redis_cluster"}
 )

@@ -1,28 +1,61 @@
 """`s2-feature run` put together: the process around the service loop.
 
-Order at start: JSON logging, stop on SIGTERM/SIGINT, the store (retried with backoff while it
-cannot be reached: a pod must not crash-loop while its database starts), Redis, the loop. The
-loop keeps the main thread. Whatever way the loop ends, its leases are released and the store is
-closed.
+Order at start: JSON logging; stop on SIGTERM/SIGINT; the HTTP server (`/health` answers from
+the first moment, DOWN with its reason until the loop runs); the config watcher; the store
+(retried with backoff while it cannot be reached: a pod must not crash-loop while its database
+starts); an approved config bundle (the loop does not consume on an unapproved one: it waits,
+with `/health` saying why); then the loop, which keeps the main thread. Whatever way the loop
+ends, its leases are released, and the watcher, the HTTP server and the store are closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Iterator
 from functools import partial
 
 from s2feature import __version__
+from s2feature.api import ApiServer, ApiServerError, create_app
+from s2feature.config.bundle import ConfigBundle
+from s2feature.domain import interval_ms
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
+from s2feature.service.config_watch import ActiveBundle, ConfigWatcher
+from s2feature.service.health import HealthLimits
 from s2feature.service.process import quiet_garbage_collector, stop_on_signals
 from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.runner import Service
-from s2feature.service.settings import Settings
+from s2feature.service.settings import Settings, SettingsError
+from s2feature.service.status import LoopStatus, Published
+from s2feature.store.base import Store
 from s2feature.store.factory import open_store
 from s2feature.streams.client import connect
 
 log = logging.getLogger("s2feature.service")
+
+
+class BundleGuard:
+    """The extra check of every bundle before it can become active: the running service cannot
+    change its base interval (bars, lake and checkpoints are of one geometry), and every
+    configured window must be a multiple of it."""
+
+    def __init__(self, windows: tuple[str, ...]) -> None:
+        self.windows = windows
+        self.base_interval: str | None = None  # fixed by the first approved bundle
+
+    def __call__(self, bundle: ConfigBundle) -> None:
+        if self.base_interval is not None and bundle.base_interval != self.base_interval:
+            raise ValueError(
+                f"base_interval {bundle.base_interval} differs from the running service's "
+                f"{self.base_interval}; a base interval changes only with a restart"
+            )
+        bad = [w for w in self.windows if interval_ms(w) % bundle.base_ms]
+        if bad:
+            raise ValueError(f"S2_WINDOWS {bad} are not multiples of base_interval")
+        self.base_interval = bundle.base_interval
 
 
 def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
@@ -39,18 +72,87 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
             "symbols": [s.symbol for s in settings.series],
             "consumer": settings.consumer,
             "store": settings.store.backend,
+            "config_source": settings.config.source,
             "windows": list(settings.windows),
         },
     )
+    loop_status: Published[LoopStatus] = Published(LoopStatus(waiting_for="start"))
+    watcher = ConfigWatcher(
+        settings.config, connect(settings.redis), validate=BundleGuard(settings.windows)
+    )
+    limits = HealthLimits(lag_degraded_ms=settings.api.lag_degraded_ms)
+    api = ApiServer(
+        create_app(loop_status, watcher.status, limits), settings.api.host, settings.api.port
+    )
     try:
-        store = Backoff(stop, cap_s=10.0).call("open store", partial(open_store, settings.store))
+        api.start()
+    except ApiServerError as exc:
+        raise SettingsError(
+            f"S2_API_HOST/S2_API_PORT: cannot serve on {settings.api.host}:"
+            f"{settings.api.port}: {exc}"
+        ) from None
+    log.info(
+        "serving /health on %s:%d",
+        settings.api.host,
+        api.port,
+        extra={"event": "api_started", "host": settings.api.host, "port": api.port},
+    )
+    try:
+        watcher.start()
+        with _store(settings, stop, loop_status) as store:
+            if store is None or not _approved_config(watcher, stop, loop_status):
+                log.info("stopped before consuming", extra={"event": "stopped"})
+                return 0
+            service = Service(
+                settings,
+                connect(settings.redis),
+                store,
+                BarLake(settings.lake_dir),
+                stop=stop,
+                status=loop_status,
+                bundles=partial(_active_bundle, watcher.active),
+            )
+            return service.run(idle_exit_s=idle_exit_s, on_started=quiet_garbage_collector)
+    finally:
+        watcher.stop()
+        api.stop()
+
+
+def _active_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle:
+    value = active.get()
+    assert value is not None  # the loop starts only once a bundle is approved
+    return value.bundle
+
+
+@contextlib.contextmanager
+def _store(
+    settings: Settings, stop: threading.Event, status: Published[LoopStatus]
+) -> Iterator[Store | None]:
+    """The store, opened with backoff while it cannot be reached (None: stopped meanwhile)."""
+
+    def waiting() -> None:
+        failing = backoff.status_of("store")
+        status.set(LoopStatus(updated_at=time.time(), store=failing, waiting_for="store"))
+
+    backoff = Backoff(stop, cap_s=10.0, on_retry=waiting)
+    status.set(LoopStatus(updated_at=time.time(), waiting_for="store"))
+    try:
+        store = backoff.call("open store", partial(open_store, settings.store))
     except Abandoned:
-        log.info("stopped while waiting for the store", extra={"event": "stopped"})
-        return 0
+        yield None
+        return
     try:
-        service = Service(
-            settings, connect(settings.redis), store, BarLake(settings.lake_dir), stop=stop
-        )
-        return service.run(idle_exit_s=idle_exit_s, on_started=quiet_garbage_collector)
+        yield store
     finally:
         store.close()
+
+
+def _approved_config(
+    watcher: ConfigWatcher, stop: threading.Event, status: Published[LoopStatus]
+) -> bool:
+    """Wait until the watcher approved a bundle (False: stopped first)."""
+    while not stop.is_set():
+        status.set(LoopStatus(updated_at=time.time(), waiting_for="config"))
+        if watcher.wait_ready(timeout=1.0) is not None:
+            return True
+    return False

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from s2feature.streams.redis_io import AnyRedis
+from s2feature.streams.client import AnyRedis
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from redis.exceptions import RedisClusterException
 
 from s2feature.service.ownership import Ownership
 from s2feature.service.retry import Backoff
-from s2feature.service.status import LoopStatus, Published, StreamStatus
+from s2feature.service.status import DependencyStatus, LoopStatus, Published, StreamStatus
 from s2feature.service.worker import SeriesWorker
 
 
@@ -61,6 +61,16 @@ class StatusReporter:
             owner = self.consumer if owned else consumer_of(self.ownership.holders.get(key))
             event_ms = worker.last_event_ms if owned else None
             backlog, pending = self._counts.get(key, (None, None))
+            failure = worker.io.read_failure
+            reads = DependencyStatus()
+            if failure is not None:
+                reads = DependencyStatus(
+                    ok=False,
+                    # the failure's start, from the monotonic clock to wall-clock time
+                    failing_since=now - max(0.0, time.monotonic() - failure.since),
+                    last_error=failure.last_error,
+                    where=failure.node,
+                )
             streams[worker.series.symbol] = StreamStatus(
                 owner=owner,
                 owned=owned,
@@ -68,6 +78,7 @@ class StatusReporter:
                 last_event_ms=event_ms,
                 backlog=backlog,
                 pending=pending,
+                reads=reads,
             )
         self.published.set(
             LoopStatus(

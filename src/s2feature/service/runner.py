@@ -147,6 +147,7 @@ class Service:
         self.backoff.call("commit", partial(worker.commit, outputs))
         self.batches += 1
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))
+        self.publish_status()
 
     def _apply_bundle(self, worker: SeriesWorker, bundle: ConfigBundle) -> None:
         old_rev = worker.bundle.rev

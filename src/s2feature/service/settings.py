@@ -18,6 +18,7 @@ from s2feature.config.bundle import BundleError, ConfigBundle
 from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 from s2feature.errors import ConfigurationError
+from s2feature.service.config_watch import ConfigSourceSettings
 from s2feature.store.factory import StoreSettings
 from s2feature.streams.client import RedisSettings
 
@@ -49,6 +50,7 @@ class EnvSettings(BaseSettings):
     config_url: str | None = None
     config_poll_s: float = Field(30.0, gt=0)
     config_cache: Path = Path("./data/config-cache.json")
+    config_timeout_s: float = Field(5.0, gt=0)
     db_backend: Literal["sqlite", "arango"] = "sqlite"
     db_sqlite_path: Path = Path("./data/s2.db")
     db_arango_uri: str | None = None
@@ -103,15 +105,6 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
-class ConfigSourceSettings:
-    url: str | None = None
-    file: Path | None = None
-    poll_s: float = 30.0
-    cache_path: Path = Path("./data/config-cache.json")
-    timeout_s: float = 5.0
-
-
-@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings
     series: tuple[SeriesId, ...]
@@ -135,6 +128,19 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     config: ConfigSourceSettings = field(default_factory=ConfigSourceSettings)
     log_level: str = "INFO"
+
+
+def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
+    try:
+        return ConfigSourceSettings(
+            url=raw.config_url,
+            file=raw.config_file,
+            poll_s=raw.config_poll_s,
+            cache_path=raw.config_cache,
+            timeout_s=raw.config_timeout_s,
+        )
+    except ValueError as exc:  # an unusable URL
+        raise SettingsError(f"S2_CONFIG_URL: {exc}") from None
 
 
 def _addresses(text: str) -> tuple[tuple[str, int], ...]:
@@ -241,11 +247,6 @@ def settings_of(raw: EnvSettings) -> Settings:
             arango_password=raw.db_arango_password.get_secret_value(),
         ),
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
-        config=ConfigSourceSettings(
-            url=raw.config_url,
-            file=raw.config_file,
-            poll_s=raw.config_poll_s,
-            cache_path=raw.config_cache,
-        ),
+        config=config_source_of(raw),
         log_level=raw.log_level,
     )
