@@ -133,31 +133,30 @@ def create_app(
         lifespan=lifespan,
     )
 
-    def verdict() -> tuple[LoopStatus, ConfigStatus, Health, float]:
+    def judge() -> tuple[LoopStatus, ConfigStatus, Health, float]:
         # One read of each published value: the body describes exactly what was judged.
         loop, config, now = loop_status.get(), config_status.get(), clock()
         return loop, config, assess(loop, config, now, limits), now
 
     @app.get("/health", responses=_HEALTH_RESPONSES, tags=["health"])
-    async def health(response: Response) -> HealthBody:
+    async def get_health(response: Response) -> HealthBody:
         """Overall status with each dependency: 200 for OK and DEGRADED, 503 for DOWN."""
-        loop, config, verdict_now, now = verdict()
-        if verdict_now.status == "DOWN":
+        loop, config, verdict, now = judge()
+        if verdict.status == "DOWN":
             response.status_code = _UNAVAILABLE
-        return health_body(loop, config, verdict_now, now)
+        return health_body(loop, config, verdict, now)
 
     @app.get("/health/live", tags=["health"])
-    async def live() -> LiveBody:
+    async def get_live() -> LiveBody:
         """200 while the process serves HTTP; checks no dependency."""
         return LiveBody(status="alive")
 
     @app.get("/health/ready", responses=_READY_RESPONSES, tags=["health"])
-    async def ready(response: Response) -> ReadyBody:
+    async def get_ready(response: Response) -> ReadyBody:
         """200 once the loop consumes and the status is not DOWN, else 503."""
-        _loop, _config, verdict_now, _now = verdict()
-        if not verdict_now.ready:
+        verdict = judge()[2]
+        if not verdict.ready:
             response.status_code = _UNAVAILABLE
-        reasons = list(verdict_now.reasons)
-        return ReadyBody(ready=verdict_now.ready, status=verdict_now.status, reasons=reasons)
+        return ReadyBody(ready=verdict.ready, status=verdict.status, reasons=list(verdict.reasons))
 
     return app
