@@ -78,6 +78,13 @@ def test_everything_fine_is_ok_200_with_every_check(served: Served) -> None:
     body = response.json()
     assert (body["status"], body["reasons"], body["version"]) == ("OK", [], s2feature.__version__)
     checks = body["checks"]
+    assert checks["loop"] == {
+        "status": "OK",
+        "started": True,
+        "batches": 5,
+        "silent_s": 0.0,
+        "waiting_for": None,
+    }
     assert checks["redis"] == {
         "status": "OK",
         "failing_for_s": None,
@@ -185,6 +192,8 @@ def test_a_stuck_loop_is_down_503(served: Served) -> None:
     response = served.http.get("/health")
     assert response.status_code == 503
     assert response.json()["reasons"] == ["the consumer loop has not reported for 600 s"]
+    loop = response.json()["checks"]["loop"]
+    assert (loop["status"], loop["silent_s"]) == ("DOWN", 600.0)
 
 
 def test_live_is_200_whatever_the_dependencies(served: Served) -> None:
@@ -311,6 +320,8 @@ def test_logs_go_through_standard_logging_without_access_lines(
     finally:
         server.stop()
     loggers = {record.name for record in caplog.records}
+    listening = [r for r in caplog.records if getattr(r, "event", None) == "api_listening"]
+    assert [r.getMessage() for r in listening] == [f"api listening on {server.url}"]
     assert "uvicorn.error" in loggers  # startup and shutdown lines
     assert "s2feature.api.app" in loggers  # the lifespan ran
     assert "uvicorn.access" not in loggers

@@ -22,6 +22,7 @@ from s2feature.api.schemas import (
     DependencyCheck,
     HealthBody,
     LiveBody,
+    LoopCheck,
     ReadyBody,
     StreamCheck,
 )
@@ -67,6 +68,16 @@ def _config_check(config: ConfigStatus, finding: Finding, now: float) -> ConfigC
     )
 
 
+def _loop_check(loop: LoopStatus, finding: Finding, now: float) -> LoopCheck:
+    return LoopCheck(
+        status=finding.state,
+        started=loop.started,
+        batches=loop.batches,
+        silent_s=None if loop.updated_at <= 0.0 else max(0.0, now - loop.updated_at),
+        waiting_for=loop.waiting_for,
+    )
+
+
 def _stream_check(stream: StreamStatus, finding: Finding) -> StreamCheck:
     return StreamCheck(
         status=finding.state,
@@ -82,6 +93,7 @@ def _stream_check(stream: StreamStatus, finding: Finding) -> StreamCheck:
 def health_body(loop: LoopStatus, config: ConfigStatus, health: Health, now: float) -> HealthBody:
     """The `/health` body for one verdict on these status values."""
     checks = Checks(
+        loop=_loop_check(loop, health.loop, now),
         store=_dependency_check(loop.store, health.store, now),
         redis=_dependency_check(loop.redis, health.redis, now),
         config=_config_check(config, health.config, now),
@@ -123,9 +135,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        log.info("api serving")
+        # Where routes that own resources (the next ones: recompute jobs) start and stop them.
+        log.info("api started", extra={"event": "api_started"})
         yield
-        log.info("api stopped")
+        log.info("api stopped", extra={"event": "api_stopped"})
 
     app = FastAPI(
         title="s2feature",
