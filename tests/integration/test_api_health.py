@@ -288,8 +288,12 @@ def test_a_failing_app_startup_is_an_error_and_leaves_no_thread() -> None:
         yield
 
     server = ApiServer(FastAPI(lifespan=broken), "127.0.0.1", 0)
-    with pytest.raises(ApiServerError, match="failed to start"):
+    with pytest.raises(ApiServerError) as raised:
         server.start()
+    assert str(raised.value) == (
+        f"the API server failed to start on {server.url}: "
+        "the app's startup failed (its error is logged)"
+    )
     assert not server.running
 
 

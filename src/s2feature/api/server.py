@@ -132,9 +132,14 @@ class ApiServer:
         if not self._server.started:
             self._thread.join()
             sock.close()
-            cause = f": {self._failure!r}" if self._failure is not None else ""
-            raise ApiServerError(f"the API server failed to start on {self.url}{cause}")
+            raise ApiServerError(f"the API server failed to start on {self.url}: {self._why()}")
         log.info("api listening on %s", self.url, extra={"event": "api_listening", "url": self.url})
+
+    def _why(self) -> str:
+        if self._failure is None or isinstance(self._failure, SystemExit):
+            # uvicorn logged the app's startup error and exited its loop
+            return "the app's startup failed (its error is logged)"
+        return f"{type(self._failure).__name__}: {self._failure}"
 
     def _run(self, sock: socket.socket) -> None:
         try:
