@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from s2feature.service.status import (
 )
 
 LIMITS = HealthLimits(down_after_s=5.0, lag_degraded_ms=60_000, stuck_after_s=30.0)
+NOW = 1_800_000_000.0  # the app's clock in the shared server: ages and durations are exact
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Served:
 def served() -> Iterator[Served]:
     loop: Published[LoopStatus] = Published(LoopStatus())
     config: Published[ConfigStatus] = Published(ConfigStatus())
-    server = ApiServer(create_app(loop, config, LIMITS), "127.0.0.1", 0)
+    server = ApiServer(create_app(loop, config, LIMITS, clock=lambda: NOW), "127.0.0.1", 0)
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=10.0) as http:
@@ -59,18 +59,16 @@ def served() -> Iterator[Served]:
 
 def healthy_loop(**streams: StreamStatus) -> LoopStatus:
     default = {"BTCUSDT": StreamStatus(owner="c1", owned=True, lag_ms=120, backlog=3, pending=1)}
-    return LoopStatus(started=True, updated_at=time.time(), batches=5, streams=streams or default)
+    return LoopStatus(started=True, updated_at=NOW, batches=5, streams=streams or default)
 
 
 def approved(**changes: Any) -> ConfigStatus:
-    fields: dict[str, Any] = {"rev": "r7", "source": "url", "fetched_at": time.time() - 60}
+    fields: dict[str, Any] = {"rev": "r7", "source": "url", "fetched_at": NOW - 60}
     return ConfigStatus(**(fields | changes))
 
 
 def failing(for_s: float, error: str, where: str | None = None) -> DependencyStatus:
-    return DependencyStatus(
-        ok=False, failing_since=time.time() - for_s, last_error=error, where=where
-    )
+    return DependencyStatus(ok=False, failing_since=NOW - for_s, last_error=error, where=where)
 
 
 def test_everything_fine_is_ok_200_with_every_check(served: Served) -> None:
@@ -80,6 +78,13 @@ def test_everything_fine_is_ok_200_with_every_check(served: Served) -> None:
     body = response.json()
     assert (body["status"], body["reasons"], body["version"]) == ("OK", [], s2feature.__version__)
     checks = body["checks"]
+    assert checks["loop"] == {
+        "status": "OK",
+        "started": True,
+        "batches": 5,
+        "silent_s": 0.0,
+        "waiting_for": None,
+    }
     assert checks["redis"] == {
         "status": "OK",
         "failing_for_s": None,
@@ -89,7 +94,7 @@ def test_everything_fine_is_ok_200_with_every_check(served: Served) -> None:
     assert checks["store"]["status"] == "OK"
     assert checks["config"]["rev"] == "r7"
     assert checks["config"]["source"] == "url"
-    assert 60 <= checks["config"]["age_s"] < 3600  # now minus fetched_at
+    assert checks["config"]["age_s"] == 60.0  # now minus fetched_at
     assert checks["streams"] == {
         "BTCUSDT": {
             "status": "OK",
@@ -111,8 +116,8 @@ def test_config_from_the_cache_is_degraded_200(served: Served) -> None:
     assert body["status"] == "DEGRADED"
     assert body["checks"]["config"]["status"] == "DEGRADED"
     assert body["checks"]["config"]["source"] == "cache"
-    assert len(body["reasons"]) == 1
-    assert body["reasons"][0].startswith("config rev r7 from the disk cache")
+    assert body["checks"]["config"]["age_s"] == 60.0
+    assert body["reasons"] == ["config rev r7 from the disk cache, 60 s old"]
 
 
 def test_no_approved_config_is_down_503(served: Served) -> None:
@@ -147,10 +152,8 @@ def test_redis_failing_longer_than_the_limit_is_down_503_naming_the_node(served:
         "127.0.0.1:7003",
         "Error 111 connecting",
     )
-    assert redis["failing_for_s"] >= 12
-    assert body["reasons"] == [
-        f"redis failing for {redis['failing_for_s']:.1f} s at 127.0.0.1:7003: Error 111 connecting"
-    ]
+    assert redis["failing_for_s"] == 12.0
+    assert body["reasons"] == ["redis failing for 12.0 s at 127.0.0.1:7003: Error 111 connecting"]
 
 
 def test_store_failing_is_down_503(served: Served) -> None:
@@ -184,11 +187,13 @@ def test_stream_lag_above_the_threshold_is_degraded_200(served: Served) -> None:
 
 
 def test_a_stuck_loop_is_down_503(served: Served) -> None:
-    stuck = LoopStatus(started=True, updated_at=time.time() - 600, batches=5)
+    stuck = LoopStatus(started=True, updated_at=NOW - 600, batches=5)
     served.publish(stuck, approved())
     response = served.http.get("/health")
     assert response.status_code == 503
-    assert response.json()["reasons"][0].startswith("the consumer loop has not reported for")
+    assert response.json()["reasons"] == ["the consumer loop has not reported for 600 s"]
+    loop = response.json()["checks"]["loop"]
+    assert (loop["status"], loop["silent_s"]) == ("DOWN", 600.0)
 
 
 def test_live_is_200_whatever_the_dependencies(served: Served) -> None:
@@ -283,8 +288,12 @@ def test_a_failing_app_startup_is_an_error_and_leaves_no_thread() -> None:
         yield
 
     server = ApiServer(FastAPI(lifespan=broken), "127.0.0.1", 0)
-    with pytest.raises(ApiServerError, match="failed to start"):
+    with pytest.raises(ApiServerError) as raised:
         server.start()
+    assert str(raised.value) == (
+        f"the API server failed to start on {server.url}: "
+        "the app's startup failed (its error is logged)"
+    )
     assert not server.running
 
 
@@ -315,6 +324,8 @@ def test_logs_go_through_standard_logging_without_access_lines(
     finally:
         server.stop()
     loggers = {record.name for record in caplog.records}
+    listening = [r for r in caplog.records if getattr(r, "event", None) == "api_listening"]
+    assert [r.getMessage() for r in listening] == [f"api listening on {server.url}"]
     assert "uvicorn.error" in loggers  # startup and shutdown lines
     assert "s2feature.api.app" in loggers  # the lifespan ran
     assert "uvicorn.access" not in loggers

@@ -22,6 +22,7 @@ from s2feature.api.schemas import (
     DependencyCheck,
     HealthBody,
     LiveBody,
+    LoopCheck,
     ReadyBody,
     StreamCheck,
 )
@@ -67,6 +68,16 @@ def _config_check(config: ConfigStatus, finding: Finding, now: float) -> ConfigC
     )
 
 
+def _loop_check(loop: LoopStatus, finding: Finding, now: float) -> LoopCheck:
+    return LoopCheck(
+        status=finding.state,
+        started=loop.started,
+        batches=loop.batches,
+        silent_s=None if loop.updated_at <= 0.0 else max(0.0, now - loop.updated_at),
+        waiting_for=loop.waiting_for,
+    )
+
+
 def _stream_check(stream: StreamStatus, finding: Finding) -> StreamCheck:
     return StreamCheck(
         status=finding.state,
@@ -82,6 +93,7 @@ def _stream_check(stream: StreamStatus, finding: Finding) -> StreamCheck:
 def health_body(loop: LoopStatus, config: ConfigStatus, health: Health, now: float) -> HealthBody:
     """The `/health` body for one verdict on these status values."""
     checks = Checks(
+        loop=_loop_check(loop, health.loop, now),
         store=_dependency_check(loop.store, health.store, now),
         redis=_dependency_check(loop.redis, health.redis, now),
         config=_config_check(config, health.config, now),
@@ -123,9 +135,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        log.info("api serving")
+        # Where routes that own resources (the next ones: recompute jobs) start and stop them.
+        log.info("api started", extra={"event": "api_started"})
         yield
-        log.info("api stopped")
+        log.info("api stopped", extra={"event": "api_stopped"})
 
     app = FastAPI(
         title="s2feature",
@@ -133,31 +146,30 @@ def create_app(
         lifespan=lifespan,
     )
 
-    def verdict() -> tuple[LoopStatus, ConfigStatus, Health, float]:
+    def judge() -> tuple[LoopStatus, ConfigStatus, Health, float]:
         # One read of each published value: the body describes exactly what was judged.
         loop, config, now = loop_status.get(), config_status.get(), clock()
         return loop, config, assess(loop, config, now, limits), now
 
     @app.get("/health", responses=_HEALTH_RESPONSES, tags=["health"])
-    async def health(response: Response) -> HealthBody:
+    async def get_health(response: Response) -> HealthBody:
         """Overall status with each dependency: 200 for OK and DEGRADED, 503 for DOWN."""
-        loop, config, verdict_now, now = verdict()
-        if verdict_now.status == "DOWN":
+        loop, config, verdict, now = judge()
+        if verdict.status == "DOWN":
             response.status_code = _UNAVAILABLE
-        return health_body(loop, config, verdict_now, now)
+        return health_body(loop, config, verdict, now)
 
     @app.get("/health/live", tags=["health"])
-    async def live() -> LiveBody:
+    async def get_live() -> LiveBody:
         """200 while the process serves HTTP; checks no dependency."""
         return LiveBody(status="alive")
 
     @app.get("/health/ready", responses=_READY_RESPONSES, tags=["health"])
-    async def ready(response: Response) -> ReadyBody:
+    async def get_ready(response: Response) -> ReadyBody:
         """200 once the loop consumes and the status is not DOWN, else 503."""
-        _loop, _config, verdict_now, _now = verdict()
-        if not verdict_now.ready:
+        verdict = judge()[2]
+        if not verdict.ready:
             response.status_code = _UNAVAILABLE
-        reasons = list(verdict_now.reasons)
-        return ReadyBody(ready=verdict_now.ready, status=verdict_now.status, reasons=reasons)
+        return ReadyBody(ready=verdict.ready, status=verdict.status, reasons=list(verdict.reasons))
 
     return app

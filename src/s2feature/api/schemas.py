@@ -49,7 +49,20 @@ class StreamCheck(_Schema):
     read_error: str | None = Field(description="last read error while reads are failing")
 
 
+class LoopCheck(_Schema):
+    """The consumer loop."""
+
+    status: HealthState
+    started: bool = Field(description="whether the loop is consuming")
+    batches: int = Field(description="batches processed since start")
+    silent_s: float | None = Field(
+        description="seconds since the loop last reported; null when it never did"
+    )
+    waiting_for: str | None = Field(description="why the loop is not consuming, when it is not")
+
+
 class Checks(_Schema):
+    loop: LoopCheck
     store: DependencyCheck
     redis: DependencyCheck
     config: ConfigCheck

@@ -12,12 +12,15 @@ number `port` then gives.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
 
 
 class ApiServerError(RuntimeError):
@@ -123,13 +126,20 @@ class ApiServer:
         self._thread = threading.Thread(target=self._run, args=(sock,), name="api", daemon=False)
         self._thread.start()
         if not self._server.startup_done.wait(self._startup_timeout_s):
-            self.stop()
+            # A hung app startup cannot be interrupted: ask it to exit, wait no longer.
+            self._server.should_exit = True
             raise ApiServerError(f"the API server did not start in {self._startup_timeout_s} s")
         if not self._server.started:
             self._thread.join()
             sock.close()
-            cause = f": {self._failure!r}" if self._failure is not None else ""
-            raise ApiServerError(f"the API server failed to start on {self.url}{cause}")
+            raise ApiServerError(f"the API server failed to start on {self.url}: {self._why()}")
+        log.info("api listening on %s", self.url, extra={"event": "api_listening", "url": self.url})
+
+    def _why(self) -> str:
+        if self._failure is None or isinstance(self._failure, SystemExit):
+            # uvicorn logged the app's startup error and exited its loop
+            return "the app's startup failed (its error is logged)"
+        return f"{type(self._failure).__name__}: {self._failure}"
 
     def _run(self, sock: socket.socket) -> None:
         try:
