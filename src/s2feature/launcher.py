@@ -91,12 +91,6 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
             f"S2_API_HOST/S2_API_PORT: cannot serve on {settings.api.host}:"
             f"{settings.api.port}: {exc}"
         ) from None
-    log.info(
-        "serving /health on %s:%d",
-        settings.api.host,
-        api.port,
-        extra={"event": "api_started", "host": settings.api.host, "port": api.port},
-    )
     try:
         watcher.start()
         with _store(settings, stop, loop_status) as store:

@@ -89,8 +89,8 @@ class Instance:
     def _port(self) -> int | None:
         assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
         for record in self.records():
-            if record.get("event") == "api_started":
-                return int(record["port"])
+            if record.get("event") == "api_listening":
+                return int(str(record["url"]).rsplit(":", 1)[1])
         return None
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -201,7 +201,7 @@ def test_each_status_with_its_cause(
         instance.kill()
         feed.close()
     events = {r.get("event") for r in instance.records()}
-    assert {"start", "api_started", "config_applied", "lease_taken", "retry"} <= events
+    assert {"start", "api_listening", "config_applied", "lease_taken", "retry"} <= events
 
 
 def test_no_approved_config_is_down_until_the_config_service_answers(
