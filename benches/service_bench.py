@@ -271,6 +271,7 @@ def service_env(
         "S2_DB_SQLITE_PATH": str(workdir / "s2.db"),
         "S2_LAKE_DIR": str(workdir / "lake"),
         "S2_LOG_LEVEL": "WARNING",
+        "S2_API_PORT": "0",  # its /health on a free port
     }
 
 
