@@ -113,8 +113,10 @@ class StreamIO:
         self.min_replicas = min_replicas
         self.wait_ms = wait_ms
         self._emit = client.register_script(_EMIT)
-        # Reads failing since (None while they succeed); for health reporting.
+        # Reads failing since (None while they succeed), and the end of the last successful
+        # read (`time.monotonic()`): for health reporting.
         self.read_failure: ReadFailure | None = None
+        self.last_read_at: float | None = None
         # Writes not yet confirmed by replicas, in order; rewritten after a failed confirmation.
         self._unconfirmed: list[_Emitted] = []
         self._dead_unconfirmed: list[tuple[str, Fields, tuple[str, ...]]] = []
@@ -213,7 +215,7 @@ class StreamIO:
             since = time.monotonic() if self.read_failure is None else self.read_failure.since
             self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
             raise
-        self.read_failure = None
+        self.read_failure, self.last_read_at = None, time.monotonic()
         return result
 
     def node(self) -> str:
