@@ -12,6 +12,9 @@ each, `cluster-node-timeout` 2000 ms, no replica migration).
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +25,14 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from s2feature.domain import SeriesId
+from s2feature.config.bundle import ConfigBundle
+from s2feature.domain import SeriesId, window_index
 from s2feature.lake.parquet import BarLake
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
+from s2feature.service.worker import routing
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.client import AnyRedis, connect, recovering_cluster
+from s2feature.streams.client import AnyRedis, connect, is_retryable, recovering_cluster
 from s2feature.streams.keys import events_key
 from s2feature.streams.redis_io import StreamIO
 from tests.support.redis_cluster import RedisClusterHarness, key_slot
@@ -36,6 +41,8 @@ from tests.support.service_checks import (
     StreamProgress,
     add_entries,
     assert_run_complete,
+    emitted,
+    expected_snapshots,
     input_bars,
     input_entries,
 )
@@ -157,6 +164,16 @@ def service_env(
     }
 
 
+def transient_false(condition: Callable[[], bool]) -> bool:
+    """`condition()`, or False while the cluster cannot answer (down, failing over)."""
+    try:
+        return condition()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        if is_retryable(exc):
+            return False
+        raise
+
+
 class Running:
     """A service and a producer on threads of their own; `check()` re-raises their errors."""
 
@@ -189,7 +206,7 @@ class Running:
         return run
 
     def _produce(self, series: SeriesId, entries: list[dict[str, str]]) -> None:
-        producer = connect(load_settings(service_env_of(self)).redis)
+        producer = connect(self.service.settings.redis)
         seen = StreamProgress(producer, series, entries)
         for start in range(0, len(entries), CHUNK):
             wait_for(
@@ -201,7 +218,9 @@ class Running:
         producer.close()
 
     def _may_add(self, seen: StreamProgress, delivered: int) -> bool:
-        return not self.hold.is_set() and seen.delivered_at_least(delivered)
+        return not self.hold.is_set() and transient_false(
+            partial(seen.delivered_at_least, delivered)
+        )
 
     def check(self) -> None:
         if self.errors:
@@ -210,7 +229,7 @@ class Running:
     def wait(self, condition: Callable[[], bool], what: str) -> None:
         def done() -> bool:
             self.check()
-            return condition()
+            return transient_false(condition)
 
         wait_for(done, timeout_s=SAFETY_S, what=what)
 
@@ -230,14 +249,6 @@ class Running:
         self.service.workers[self.io.key].store.close()
         self.client.close()
         self.check()
-
-
-def service_env_of(running: Running) -> dict[str, str]:
-    s = running.service.settings.redis
-    return {
-        "S2_REDIS_ADDRESSES": ",".join(f"{h}:{p}" for h, p in s.addresses),
-        "S2_SYMBOLS": "x:y:z",
-    }
 
 
 def first_read_after(running: Running, promoted_at: float) -> float:
@@ -307,3 +318,89 @@ def test_the_service_rides_through_the_death_of_each_other_master(
     else:
         assert master_of_key(cluster, series.stream_key) == 2
     through_a_master_failure(cluster, tmp_path, series, victim, "kill", seed=63 + victim)
+
+
+# -- durability: S2_REDIS_MIN_REPLICAS ------------------------------------------------------
+
+
+def missing_emits(client: AnyRedis, series: SeriesId, env: dict[str, str]) -> list[str]:
+    """IDs of the emits a recompute from the lake expects that `feat:events` lacks."""
+    bundle = ConfigBundle()
+    realtime, persist_all = bundle.mode.realtime, bundle.mode.persist_all
+    expected = [
+        f"{s.t0}-{window_index(s.window)}"
+        for s in expected_snapshots(env, series, bundle)
+        if routing(s, realtime, persist_all)[1]
+    ]
+    present = {entry_id for entry_id, _ in emitted(client, series.symbol)}
+    return [entry_id for entry_id in expected if entry_id not in present]
+
+
+def waits_failed(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("acknowledged the writes" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "min_replicas", [1, pytest.param(0, marks=pytest.mark.slow)], ids=["wait-1", "no-wait"]
+)
+def test_a_master_killed_while_its_replica_lags_loses_no_acked_output_with_min_replicas(
+    cluster: RedisClusterHarness,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    min_replicas: int,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="s2feature.service")
+    series = ETH  # its emits, checkpoint and lease are on the second master
+    bars = input_bars(series, N_BARS, seed=71)
+    entries = input_entries(series, bars, seed=71)
+    env = service_env(
+        cluster, tmp_path, series, S2_REDIS_MIN_REPLICAS=str(min_replicas), S2_REDIS_WAIT_MS="300"
+    )
+    out = events_key(series.symbol)
+    victim = master_of_key(cluster, out)
+    assert victim == 1
+    replica = cluster.replicas_of(victim)[0]
+    running = Running(env, series, entries)
+    observer = connect(load_settings(env).redis)
+    progress = StreamProgress(observer, series, entries)
+    running.wait(lambda: int(observer.xlen(out)) > 0, "emits to flow")
+
+    pid = cluster.nodes[replica].pid
+    assert pid is not None
+    # The replica link is cut: the paused replica cannot reconnect, so the master's writes from
+    # here on reach no replica (what was sent before sits in the replica's socket buffer).
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster.nodes[victim].execute("CLIENT", "KILL", "TYPE", "replica")
+        emits, acked = int(observer.xlen(out)), progress.acked()
+        if min_replicas:
+            # Emits land on the master alone, and the service, whose WAIT times out, holds
+            # their input unacked.
+            running.wait(lambda: int(observer.xlen(out)) > emits, "emits the replica lacks")
+            running.wait(lambda: waits_failed(caplog) > 0, "a WAIT to time out")
+            acked = progress.acked()  # from here on the service acks nothing
+        else:
+            running.wait(
+                lambda: int(observer.xlen(out)) > emits + 10 and progress.acked() > acked + 600,
+                "input acked whose emits the replica lacks",
+            )
+        acked_at_kill = progress.acked()
+        cluster.nodes[victim].kill()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cluster.wait_for_promotion(replica)
+    cluster.nodes[victim].start()  # back as a replica of the promoted node: WAIT can succeed
+    running.wait(lambda: progress.delivered_and_pending() == (len(entries), 0), "all acked")
+    running.stop(cluster)
+
+    lost = missing_emits(observer, series, env)
+    print(
+        f"\nmin_replicas={min_replicas}: acked at the kill {acked_at_kill}, emits lost {len(lost)}"
+    )
+    if min_replicas:
+        assert acked_at_kill == acked  # nothing acked while no replica took the writes
+        assert lost == []
+        assert_run_complete(observer, series, env, bars, entries)
+    else:
+        assert lost  # without the wait, acked input lost its outputs with the master
+    observer.close()
