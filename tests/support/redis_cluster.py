@@ -89,6 +89,9 @@ class RedisClusterHarness(Harness):
         try:
             for node in self.nodes:
                 node.start()
+                # A replica's full sync starts at once instead of 5 s later (the default delay
+                # lets more replicas share one transfer).
+                node.execute("CONFIG", "SET", "repl-diskless-sync-delay", "0")
             self._node_ids = tuple(node.execute("CLUSTER", "MYID").decode() for node in self.nodes)
             for epoch, (node, (first, last)) in enumerate(
                 zip(self.nodes[: self.masters], self.home_ranges, strict=True), start=1
