@@ -10,8 +10,9 @@ marker hold every write the node took before it, including every write already r
 
 The marker is `feat:wait:{<slot tag>}` (the written key's hash tag, or the key itself), in the
 written key's slot so that it lands on the same cluster node; it expires after a minute.
-`WAIT` on a cluster replica-less master, or on a master whose replicas are down, times out:
-with `S2_REDIS_MIN_REPLICAS` > 0 the service then stops acking until enough replicas are back.
+`WAIT` on a master with fewer live replicas than required times out: the service then stops
+acking until enough replicas are back (after a failover, the promoted master has none until
+another node joins it).
 """
 
 from __future__ import annotations
