@@ -23,6 +23,8 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
    second density), on a Redis server of their own. Still 60 times denser in bars than the
    original requirement's 1,000 msg/s over 3 symbols at the live rate (about 20,000 entries per
    one-minute bar), where the engine, store and emits share even less of the work.
+6. Burst throughput with `S2_REDIS_MIN_REPLICAS` 0 and then 1 on a server with one replica:
+   the cost of waiting for the replica before each checkpoint (`--replicas-only` runs just this).
 
 Input: three fut streams of flat S1 entries, each a different stretch of the real Coinbase
 BTC/USD hourly bars split into 1-minute bars and ticks by the seeded `s2feature.data.synth`.
@@ -282,11 +284,14 @@ def run_burst(
     group: str = "s2",
     checkpoint_ms: int | None = None,
     venue: str = "bench",
+    extra_env: dict[str, str] | None = None,
 ) -> BurstResult:
     """Drain the pre-loaded entries with the in-process service; exit on the first idle round.
-    `checkpoint_ms` overrides the service's default checkpoint interval."""
+    `checkpoint_ms` overrides the service's default checkpoint interval; `extra_env` adds
+    settings."""
     # A 1 ms idle block, so that the run ends right after the last batch, not 200 ms later.
     env = {**service_env(server, workdir, "bench-burst", venue), "S2_BLOCK_MS": "1"}
+    env.update(extra_env or {})
     if checkpoint_ms is not None:
         env["S2_CHECKPOINT_MS"] = str(checkpoint_ms)
     settings = load_settings({**env, "S2_CONSUMER_GROUP": group})
@@ -313,6 +318,7 @@ def best_burst(
     profile: bool,
     venue: str = "bench",
     history: Sequence[StreamInput] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[BurstResult, list[float]]:
     """The fastest of `passes` burst runs over the same entries (the floor's estimator too), and
     every run's time. Each run but the last has its own consumer group and files, and its
@@ -327,7 +333,9 @@ def best_burst(
         group = "s2" if last else f"burst-{index}"
         for stream in history:
             BarLake(run_dir / "lake").append(stream.series.symbol, lake_history(stream))
-        runs.append(run_burst(server, run_dir, profile and last, group, venue=venue))
+        runs.append(
+            run_burst(server, run_dir, profile and last, group, venue=venue, extra_env=extra_env)
+        )
         if not last:
             admin = server.client()
             for key in admin.scan_iter("feat:*"):
@@ -545,6 +553,45 @@ def sparse_throughput(workdir: Path, args: argparse.Namespace, per_bar: int) -> 
     )
 
 
+def replica_wait_cost(workdir: Path, args: argparse.Namespace) -> None:
+    """6. Burst throughput with `S2_REDIS_MIN_REPLICAS` 0 and 1 on a server with one replica
+    (`REPLICAOF`), over the pre-loaded dense entries: the cost of waiting for the replica."""
+    inputs = build_inputs(args.entries // len(SYMBOLS), 120, 1)  # only the first part is used
+    entries = sum(len(s.segments[0].entries) for s in inputs)
+    with (
+        RedisServer(workdir / "primary", appendonly=False) as server,
+        RedisServer(workdir / "replica", appendonly=False) as replica,
+    ):
+        replica.execute("REPLICAOF", server.host, server.port)
+        wait_for(
+            lambda: replica.client().info("replication").get("master_link_status") == "up",
+            timeout_s=60,
+            what="the replica to link up",
+        )
+        preload(server.client(), inputs)
+        rates = {}
+        for min_replicas in (0, 1):
+            burst, _ = best_burst(
+                server,
+                workdir / f"min-replicas-{min_replicas}",
+                args.service_passes,
+                False,
+                extra_env={"S2_REDIS_MIN_REPLICAS": str(min_replicas)},
+            )
+            rates[min_replicas] = entries / burst.seconds
+            # The next setting's runs start from a clean slate too.
+            admin = server.client()
+            admin.delete(*[s.series.stream_key for s in inputs])
+            for key in admin.scan_iter("feat:*"):
+                admin.delete(key)
+            preload(admin, inputs)
+    print(
+        f"6. S2_REDIS_MIN_REPLICAS on a server with one replica ({entries:,} entries, checkpoint "
+        f"every 5 s, best of {args.service_passes}): 0 -> {rates[0]:,.0f} entries/s, 1 -> "
+        f"{rates[1]:,.0f} entries/s ({rates[1] / rates[0]:.0%})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=60_000, help="pre-loaded, all streams")
@@ -553,7 +600,14 @@ def main() -> None:
     parser.add_argument("--floor-passes", type=int, default=3)
     parser.add_argument("--service-passes", type=int, default=3, help="burst runs, best taken")
     parser.add_argument("--profile", action="store_true", help="cProfile both service runs")
+    parser.add_argument(
+        "--replicas-only", action="store_true", help="only 6: the cost of S2_REDIS_MIN_REPLICAS"
+    )
     args = parser.parse_args()
+    if args.replicas_only:
+        with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
+            replica_wait_cost(Path(tmp), args)
+        return
     bench_started = time.perf_counter()
     live_per_bar = max(1, round(args.rate / len(SYMBOLS)))  # one bar per second per stream
     paced = round(args.rate * args.seconds / len(SYMBOLS))
@@ -594,6 +648,7 @@ def main() -> None:
                 print(burst.profile)
                 print(profile_summary(pstats.Stats(str(profile_to)), "the paced runs"))
         sparse_throughput(workdir / "sparse", args, live_per_bar)
+        replica_wait_cost(workdir / "replicas", args)
     print(f"\nwhole benchmark: {time.perf_counter() - bench_started:.0f} s")
 
 

@@ -42,11 +42,14 @@ def _claimed_slots(nodes_line: str) -> Iterator[int]:
 
 
 class RedisClusterHarness(Harness):
-    """A Redis Cluster of `masters` master nodes (no replicas) in `base_dir`, built like
-    `redis-cli --cluster create` does it but without redis-cli: distinct config epochs,
-    `CLUSTER ADDSLOTSRANGE` on each node, `CLUSTER MEET`, then wait for `cluster_state:ok`.
+    """A Redis Cluster of `masters` master nodes, each with `replicas` replicas, in `base_dir`,
+    built like `redis-cli --cluster create` does it but without redis-cli: distinct config
+    epochs, `CLUSTER ADDSLOTSRANGE` on each master, `CLUSTER MEET`, `CLUSTER REPLICATE` on each
+    replica, then wait for `cluster_state:ok` (and every replica's link up).
 
-    Nodes are addressed by index (`nodes[i]`); `migrate_slot` re-shards one slot live.
+    Nodes are addressed by index (`nodes[i]`): the masters first, then replica `r` of master
+    `m` at `masters + m * replicas + r`. `migrate_slot` re-shards one slot live; `failover`,
+    `kill` and the role queries serve failover tests (roles change then: ask, don't assume).
     """
 
     def __init__(
@@ -54,21 +57,26 @@ class RedisClusterHarness(Harness):
         base_dir: Path,
         *,
         masters: int = 3,
+        replicas: int = 0,
         node_timeout_ms: int = 2000,
         binary: Path | str = "redis-server",
         ready_timeout_s: float = 60.0,
     ) -> None:
         if masters < 1:
             raise ValueError(f"a cluster needs at least one master, got {masters}")
+        if replicas < 0:
+            raise ValueError(f"replicas must not be negative, got {replicas}")
         self.base_dir = Path(base_dir)
         self.ready_timeout_s = ready_timeout_s
+        self.masters = masters
+        self.replicas = replicas
         self.nodes: tuple[RedisServer, ...] = tuple(
             RedisServer(
                 self.base_dir / f"node{i}",
                 binary=binary,
                 cluster_node_timeout_ms=node_timeout_ms,
             )
-            for i in range(masters)
+            for i in range(masters * (1 + replicas))
         )
         self.home_ranges: tuple[tuple[int, int], ...] = tuple(even_slot_ranges(masters))
         self._node_ids: tuple[str, ...] = ()
@@ -81,9 +89,12 @@ class RedisClusterHarness(Harness):
         try:
             for node in self.nodes:
                 node.start()
+                # A replica's full sync starts at once instead of 5 s later (the default delay
+                # lets more replicas share one transfer).
+                node.execute("CONFIG", "SET", "repl-diskless-sync-delay", "0")
             self._node_ids = tuple(node.execute("CLUSTER", "MYID").decode() for node in self.nodes)
             for epoch, (node, (first, last)) in enumerate(
-                zip(self.nodes, self.home_ranges, strict=True), start=1
+                zip(self.nodes[: self.masters], self.home_ranges, strict=True), start=1
             ):
                 # Distinct epochs up front, so slot ownership never has to be settled by the
                 # epoch-collision rule later.
@@ -91,11 +102,24 @@ class RedisClusterHarness(Harness):
                 node.execute("CLUSTER", "ADDSLOTSRANGE", first, last)
             for node in self.nodes[1:]:
                 self.nodes[0].execute("CLUSTER", "MEET", HOST, node.port)
+            for index in range(self.masters, len(self.nodes)):
+                self._replicate(index, (index - self.masters) // self.replicas)
             self.wait_until_ok()
+            self.wait_until_replicas_linked()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _replicate(self, index: int, master: int) -> None:
+        """`CLUSTER REPLICATE` once node `index` has learnt of the master (gossip)."""
+        master_id = self._node_ids[master]
+        wait_until(
+            lambda: master_id in self.nodes[index].execute("CLUSTER", "NODES").decode(),
+            self.ready_timeout_s,
+            f"node{index} to learn of node{master}",
+        )
+        self.nodes[index].execute("CLUSTER", "REPLICATE", master_id)
 
     def close(self) -> None:
         """Close the cluster clients handed out and stop every node."""
@@ -112,10 +136,13 @@ class RedisClusterHarness(Harness):
         pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
         return {pair[0]: pair[1] for pair in pairs}
 
-    def is_ok(self) -> bool:
-        """Every node runs, knows every other node and sees all slots served (`state:ok`)."""
+    def is_ok(self, running_only: bool = False) -> bool:
+        """Every node runs, knows every other node and sees all slots served (`state:ok`).
+        With `running_only`, nodes that are down are left out (after a kill)."""
         for index, node in enumerate(self.nodes):
             if not node.is_running:
+                if running_only:
+                    continue
                 return False
             try:
                 info = self.cluster_info(index)
@@ -129,13 +156,17 @@ class RedisClusterHarness(Harness):
                 return False
         return True
 
-    def wait_until_ok(self, timeout_s: float | None = None) -> None:
-        """Block until `is_ok()`, or raise with every node's view after the timeout."""
+    def wait_until_ok(self, timeout_s: float | None = None, running_only: bool = False) -> None:
+        """Block until `is_ok(running_only)`, or raise with every node's view after the
+        timeout."""
         deadline = time.monotonic() + (self.ready_timeout_s if timeout_s is None else timeout_s)
-        while not self.is_ok():
+        while not self.is_ok(running_only):
             if time.monotonic() > deadline:
                 views = []
                 for i in range(len(self.nodes)):
+                    if not self.nodes[i].is_running:
+                        views.append(f"node{i}: down")
+                        continue
                     try:
                         view: object = self.cluster_info(i)
                     except redis.RedisError as error:
@@ -143,6 +174,73 @@ class RedisClusterHarness(Harness):
                     views.append(f"node{i}: {view}")
                 raise RedisServerError("cluster not ok:\n" + "\n".join(views))
             time.sleep(0.05)
+
+    # -- roles and failover ---------------------------------------------------------------------
+
+    def replication(self, index: int) -> dict[str, str]:
+        """`INFO replication` of one node as a dict of strings."""
+        info: Any = self.nodes[index].execute("INFO", "replication")
+        return {str(k): str(v) for k, v in info.items()}
+
+    def role(self, index: int) -> str:
+        """ "master" or "slave", as the node itself says."""
+        return self.replication(index)["role"]
+
+    def master_of(self, index: int) -> int:
+        """Index of the master a replica follows (by its configured address)."""
+        port = int(self.replication(index)["master_port"])
+        return next(i for i, node in enumerate(self.nodes) if node.port == port)
+
+    def replicas_of(self, master: int) -> list[int]:
+        """Indexes of the running replicas following node `master`."""
+        return [
+            i
+            for i, node in enumerate(self.nodes)
+            if i != master and node.is_running and self.role(i) == "slave"
+            and self.master_of(i) == master
+        ]  # fmt: skip
+
+    def replicas_linked(self) -> bool:
+        """Every running replica's link to its master is up and caught up to the last sync."""
+        for index, node in enumerate(self.nodes):
+            if not node.is_running:
+                continue
+            try:
+                info = self.replication(index)
+            except redis.RedisError:
+                return False
+            if info["role"] == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
+    def wait_until_replicas_linked(self, timeout_s: float | None = None) -> None:
+        wait_until(
+            self.replicas_linked,
+            self.ready_timeout_s if timeout_s is None else timeout_s,
+            "every replica's link to be up",
+        )
+
+    def caught_up(self, replica: int) -> bool:
+        """The replica has processed everything its master wrote so far (replication offsets)."""
+        master = self.replication(self.master_of(replica))["master_repl_offset"]
+        return int(self.replication(replica)["slave_repl_offset"]) >= int(master)
+
+    def failover(self, replica: int) -> None:
+        """`CLUSTER FAILOVER` on a replica (the coordinated switch): returns once it is master."""
+        self.nodes[replica].execute("CLUSTER", "FAILOVER")
+        wait_until(
+            lambda: self.role(replica) == "master", self.ready_timeout_s, f"node{replica} master"
+        )
+
+    def wait_for_promotion(self, replica: int, timeout_s: float | None = None) -> float:
+        """Block until node `replica` is a master serving slots; its `time.monotonic()` then
+        (to within one poll)."""
+
+        def promoted() -> bool:
+            return self.role(replica) == "master" and bool(self.claimed_slots(replica))
+
+        wait_until(promoted, self.ready_timeout_s if timeout_s is None else timeout_s, "promotion")
+        return time.monotonic()
 
     # -- addressing -----------------------------------------------------------------------------
 
@@ -189,7 +287,11 @@ class RedisClusterHarness(Harness):
         Raises when no node or more than one node claims it (only transiently possible while a
         migration's final `SETSLOT NODE` is being sent).
         """
-        owners = [i for i in range(len(self.nodes)) if slot in self.claimed_slots(i)]
+        owners = [
+            i
+            for i in range(len(self.nodes))
+            if self.nodes[i].is_running and slot in self.claimed_slots(i)
+        ]
         if len(owners) != 1:
             raise RedisServerError(f"slot {slot} is claimed by nodes {owners}, expected one")
         return owners[0]
@@ -217,6 +319,8 @@ class RedisClusterHarness(Harness):
         source_index = self.node_for_slot(slot)
         if source_index == target_node_index:
             return
+        if self.replicas:
+            raise NotImplementedError("slot migration on a cluster with replicas")
         source, target = self.nodes[source_index], self.nodes[target_node_index]
         source_id, target_id = self._node_ids[source_index], self._node_ids[target_node_index]
         target.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
@@ -236,11 +340,13 @@ class RedisClusterHarness(Harness):
             self.nodes[index].execute("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def reset(self) -> None:
-        """Bring the cluster back to its freshly created state: all nodes up, no slot migrating
-        or importing, every slot on its home node, no keys.
+        """Bring the cluster (of masters only) back to its freshly created state: all nodes up,
+        no slot migrating or importing, every slot on its home node, no keys.
 
         Used between tests by the module-scoped fixture; raises when that is not possible.
         """
+        if self.replicas:
+            raise NotImplementedError("reset of a cluster with replicas: start a new one")
         for node in self.nodes:
             if not node.is_running:
                 node.restart()  # rejoins with its nodes.conf
@@ -261,3 +367,17 @@ class RedisClusterHarness(Harness):
                 if home != index:
                     self.migrate_slot(slot, home)
         self.wait_until_ok()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` (a Redis error counts as not yet) until true; raise after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RedisServerError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)

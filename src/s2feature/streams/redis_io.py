@@ -113,11 +113,15 @@ class StreamIO:
         self.min_replicas = min_replicas
         self.wait_ms = wait_ms
         self._emit = client.register_script(_EMIT)
-        # Reads failing since (None while they succeed); for health reporting.
+        # Reads failing since (None while they succeed), and the end of the last successful
+        # read (`time.monotonic()`): for health reporting.
         self.read_failure: ReadFailure | None = None
-        # Writes not yet confirmed by replicas, in order; rewritten after a failed confirmation.
+        self.last_read_at: float | None = None
+        # Writes not yet confirmed by replicas, in order, and the node of each key they wrote,
+        # as the slot map had it then (see `confirm_outputs`).
         self._unconfirmed: list[_Emitted] = []
         self._dead_unconfirmed: list[tuple[str, Fields, tuple[str, ...]]] = []
+        self._written_nodes: dict[str, str | None] = {}
         self._rewrite = False
 
     def ensure_group(self) -> None:
@@ -213,7 +217,7 @@ class StreamIO:
             since = time.monotonic() if self.read_failure is None else self.read_failure.since
             self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
             raise
-        self.read_failure = None
+        self.read_failure, self.last_read_at = None, time.monotonic()
         return result
 
     def node(self) -> str:
@@ -241,9 +245,11 @@ class StreamIO:
             self.client.xack(self.key, self.group, *ids[start : start + ACK_SLICE])
 
     def dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
+        self._before_write()
         if self.min_replicas > 0:
             self._dead_unconfirmed.append((entry_id, fields, tuple(reasons)))
-        self._dead_letter(entry_id, fields, reasons)
+            self._note_nodes([dead_letter_key(self.series.symbol)])
+        self._unless_failed(lambda: self._dead_letter(entry_id, fields, reasons))
 
     def _dead_letter(self, entry_id: str, fields: Fields, reasons: Sequence[str]) -> None:
         payload: Fields = {
@@ -277,8 +283,9 @@ class StreamIO:
         if not items:
             return 0
         keys, args = self.emit_request(items, maxlen, last, last_ttl_s)
+        self._before_write()
         self.written(keys, args, last, last_ttl_s)
-        return self._publish(keys, args, last, last_ttl_s)
+        return self._unless_failed(lambda: self._publish(keys, args, last, last_ttl_s))
 
     def _publish(
         self, keys: Sequence[str], args: Sequence[Any], last: bytes | None, last_ttl_s: int
@@ -288,6 +295,14 @@ class StreamIO:
             self.client.set(last_key(self.series.symbol), last, ex=last_ttl_s)
         return new
 
+    # -- replicas (`min_replicas` > 0) -----------------------------------------------------------
+    #
+    # Writes not yet confirmed by replicas are kept, in order, until `confirm_outputs`. Output
+    # streams take explicit, increasing IDs, so a write lost with a failed master can be put back
+    # only before anything newer lands: whenever one may have been lost (a write or a wait
+    # failed since, or the key's slot is served by another node than when it was written), all
+    # of them are written again, in order, before the next write and before the next wait.
+
     def written(
         self, keys: Sequence[str], args: Sequence[Any], last: bytes | None, last_ttl_s: int
     ) -> None:
@@ -295,31 +310,60 @@ class StreamIO:
         that `confirm_outputs` can wait for it and rewrite it."""
         if self.min_replicas > 0:
             self._unconfirmed.append(_Emitted(tuple(keys), tuple(args), last, last_ttl_s))
+            self._note_nodes([*keys, last_key(self.series.symbol)] if last else keys)
 
     def confirm_outputs(self) -> None:
         """Return once `min_replicas` replicas hold every emit, `feat:last` and dead letter
         written since the last confirmation (at once when `min_replicas` is 0).
 
-        Raises `ReplicasBehind` (retryable) when they do not within `wait_ms`. The writes are
-        then sent again, in order, by the next call before it waits: should the node have
-        failed over to a replica that lacked them, they are back (replays are skipped where
-        they had landed). Only then may the entries they came from be checkpointed and acked.
+        Raises `ReplicasBehind` (retryable) when they do not within `wait_ms`; the next write
+        or confirmation then first writes them again (replays are skipped where they landed),
+        should the node have failed over to a replica that lacked them. Only once this returns
+        may the entries they came from be checkpointed and acked.
         """
         if self.min_replicas <= 0 or not (self._unconfirmed or self._dead_unconfirmed):
             return
-        if self._rewrite:
-            for entry_id, fields, reasons in self._dead_unconfirmed:
-                self._dead_letter(entry_id, fields, reasons)
-            for emitted in self._unconfirmed:
-                self._publish(emitted.keys, emitted.args, emitted.last, emitted.last_ttl_s)
-        keys = {key for emitted in self._unconfirmed for key in emitted.keys}
-        if any(emitted.last is not None for emitted in self._unconfirmed):
-            keys.add(last_key(self.series.symbol))
-        if self._dead_unconfirmed:
-            keys.add(dead_letter_key(self.series.symbol))
-        self._rewrite = True  # until the wait below succeeds
-        self._wait_for_replicas(keys)
-        self._unconfirmed, self._dead_unconfirmed, self._rewrite = [], [], False
+        self._before_write()
+        self._unless_failed(lambda: self._wait_for_replicas(set(self._written_nodes)))
+        self._unconfirmed, self._dead_unconfirmed, self._written_nodes = [], [], {}
+
+    def _before_write(self) -> None:
+        """Write the unconfirmed writes again, in order, when one of them may have been lost."""
+        if self.min_replicas <= 0 or not (self._rewrite or self._moved()):
+            return
+        self._rewrite = True  # until every rewrite below has succeeded
+        for entry_id, fields, reasons in self._dead_unconfirmed:
+            self._dead_letter(entry_id, fields, reasons)
+        for emitted in self._unconfirmed:
+            self._publish(emitted.keys, emitted.args, emitted.last, emitted.last_ttl_s)
+        self._written_nodes = {key: self._node_of(key) for key in self._written_nodes}
+        self._rewrite = False
+
+    def _unless_failed(self, write: Callable[[], T]) -> T:
+        """Run a write (or a wait); when it fails, what it wrote may be lost: rewrite first."""
+        try:
+            return write()
+        except Exception:
+            self._rewrite = self.min_replicas > 0
+            raise
+
+    def _note_nodes(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            if key not in self._written_nodes:
+                self._written_nodes[key] = self._node_of(key)
+
+    def _moved(self) -> bool:
+        """Whether a key with unconfirmed writes is now served by another node (a failover
+        seen by a refresh of the slot map, without a failure of ours)."""
+        return any(self._node_of(key) != node for key, node in self._written_nodes.items())
+
+    def _node_of(self, key: str) -> str | None:
+        if not isinstance(self.client, RedisCluster):
+            return "server"
+        try:
+            return str(self.client.get_node_from_key(key).name)  # type: ignore[no-untyped-call]
+        except Exception:  # not in the slot map: unknown, so compared as a change
+            return None
 
     def _wait_for_replicas(self, keys: set[str]) -> None:
         wait_for_replicas(self.client, keys, self.min_replicas, self.wait_ms, self.consumer)
@@ -361,6 +405,7 @@ class StreamIO:
         """The checkpoint, or None. Writes not confirmed by replicas are forgotten: the state is
         rebuilt from the checkpoint, and what they held is derived again from the entries."""
         self._unconfirmed, self._dead_unconfirmed, self._rewrite = [], [], False
+        self._written_nodes = {}
         raw: Any = self.client.get(cache_key(self.series.symbol))
         return None if raw is None else dict(json.loads(raw))
 

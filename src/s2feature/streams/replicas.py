@@ -10,15 +10,21 @@ marker hold every write the node took before it, including every write already r
 
 The marker is `feat:wait:{<slot tag>}` (the written key's hash tag, or the key itself), in the
 written key's slot so that it lands on the same cluster node; it expires after a minute.
+`WAIT` on a master with fewer live replicas than required times out: the service then stops
+acking until enough replicas are back (after a failover, the promoted master has none until
+another node joins it).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterable
 from typing import Any, Final
 
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from s2feature.streams.client import AnyRedis, refresh_topology
 
@@ -43,7 +49,15 @@ def slot_tag(key: str) -> str:
 
 def marker_key(key: str) -> str:
     """A key in the same hash slot as `key`, written right before `WAIT`."""
-    return f"feat:wait:{{{slot_tag(key)}}}"
+    tag = slot_tag(key)
+    if "{" in tag or "}" in tag:  # not usable as a tag: a short one of the same slot instead
+        tag = _tag_of_slot(key_slot(key.encode()))
+    return f"feat:wait:{{{tag}}}"
+
+
+@functools.cache
+def _tag_of_slot(slot: int) -> str:
+    return next(str(n) for n in itertools.count() if key_slot(str(n).encode()) == slot)
 
 
 def wait_for_replicas(
