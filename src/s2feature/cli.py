@@ -12,11 +12,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from s2feature.config.bundle import ConfigBundle
 from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId
 from s2feature.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from s2feature.jobs.cli_support import JobEnvironment
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -109,6 +113,81 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(load_settings(), idle_exit_s=args.burst)
 
 
+def _job_environment() -> JobEnvironment:
+    """The job settings from the process's `S2_*` variables, read through `EnvSettings`."""
+    from pydantic import ValidationError
+
+    from s2feature.jobs.cli_support import job_environment
+    from s2feature.service.settings import EnvSettings, SettingsError
+    from s2feature.store.factory import StoreSettings
+
+    try:
+        raw = EnvSettings()
+    except ValidationError as exc:
+        problems = [f"S2_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("; ".join(problems)) from None
+    store = StoreSettings(
+        backend=raw.db_backend,
+        sqlite_path=raw.db_sqlite_path,
+        arango_uri=raw.db_arango_uri,
+        arango_database=raw.db_arango_database,
+        arango_user=raw.db_arango_user,
+        arango_password=raw.db_arango_password.get_secret_value(),
+    )
+    return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store)
+
+
+def cmd_recompute(args: argparse.Namespace) -> int:
+    from s2feature.jobs import RecomputeRequest, plan, run_recompute
+    from s2feature.jobs.cli_support import ProgressPrinter, parse_time_ms
+    from s2feature.lake.parquet import BarLake
+
+    env = _job_environment()
+    symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    request = RecomputeRequest(
+        symbols, args.windows, parse_time_ms(args.from_), parse_time_ms(args.to), args.force
+    )
+    lake = BarLake(env.lake_dir)
+    task = plan(request, lake, env.bundle, env.series)
+    task_id = "recomp-cli-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    store = env.open_store()
+    try:
+        result = run_recompute(task, store, lake, env.bundle, task_id, ProgressPrinter(sys.stderr))
+    finally:
+        store.close()
+    print(
+        f"{task_id}: {result.signals_written} signals written, {result.signals_skipped} "
+        f"already stored under config_rev {task.config_rev} ({result.batches_done} batches)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_lake_import(args: argparse.Namespace) -> int:
+    from s2feature.data.importers import KlineFormatError
+    from s2feature.jobs.cli_support import import_klines
+    from s2feature.lake.parquet import BarLake
+
+    lake = BarLake(_job_environment().lake_dir)
+    try:
+        n = import_klines(lake, args.file, args.symbol, args.base_interval)
+    except (OSError, KlineFormatError) as exc:
+        raise UsageError(f"cannot import {args.file}: {exc}") from None
+    print(f"{args.symbol}: {n} bars imported into {lake.root}", file=sys.stderr)
+    return 0
+
+
+def cmd_lake_ls(args: argparse.Namespace) -> int:
+    from s2feature.lake.parquet import BarLake
+
+    lake = BarLake(_job_environment().lake_dir)
+    for symbol in lake.symbols():
+        dates = lake.dates(symbol)
+        span = f"{dates[0]} .. {dates[-1]}" if dates else "no dates"
+        print(f"{symbol}\t{len(lake.read(symbol))} bars\t{span}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s2-feature", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on the shipped real BTC/USD data")
     d.add_argument("--out-dir", type=Path, default=Path("out"))
     d.set_defaults(func=cmd_demo)
+    rc = sub.add_parser("recompute", help="recompute a range from the lake into the store")
+    rc.add_argument("--symbols", required=True, help="comma-separated symbols, e.g. BTCUSDT")
+    rc.add_argument("--windows", type=_windows, required=True, help="e.g. 1m,5m,1h")
+    rc.add_argument("--from", dest="from_", required=True, help="2024-01-05, ...T10:00Z or ms")
+    rc.add_argument("--to", required=True, help="last t0 (inclusive), same formats")
+    rc.add_argument("--force", action="store_true", help="rewrite signals of the same config_rev")
+    rc.set_defaults(func=cmd_recompute)
+    lk = sub.add_parser("lake", help="the base-bar lake (S2_LAKE_DIR)")
+    lake_sub = lk.add_subparsers(dest="lake_command", required=True)
+    li = lake_sub.add_parser("import", help="import a kline file (CSV or Parquet)")
+    li.add_argument("file", type=Path)
+    li.add_argument("--symbol", required=True)
+    li.add_argument("--base-interval", choices=("1m", "5m", "1h"), default="1m")
+    li.set_defaults(func=cmd_lake_import)
+    ls = lake_sub.add_parser("ls", help="symbols, bar counts and dates in the lake")
+    ls.set_defaults(func=cmd_lake_ls)
     return parser
 
 

@@ -1,0 +1,300 @@
+"""The recompute job (SPEC §10): snapshots of a range recomputed from the lake into `signals`.
+
+A task is planned (`plan`) into batches, one per symbol and UTC day of t0, then run
+(`run_recompute`) batch by batch, reporting `Progress` after each one and checking `stop` before
+each one. Per symbol, the lake is read once, from the warm-up start (`jobs.warmup`) to `to_ts`
+with `to_close_time=to_ts`: no bar closing after the range is ever read, and the batch engine is
+causal (a snapshot at t0 uses only bars closing by t0), so no value depends on later data.
+
+Writes are upserts of the same `signal_id`s the live service uses, with `mode = "recompute"`.
+Only the snapshots the live service would store are written (same routing rule, SPEC §6/§8).
+`force = False` writes only signals that are absent or stored under another `config_rev`;
+`force = True` rewrites all. One FEATURE_RECOMPUTE strategy event records the task's scope.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from s2feature.compute.batch import WindowColumns, compute_columns, materialise
+from s2feature.compute.engine import validate_windows
+from s2feature.config.bundle import ConfigBundle
+from s2feature.domain import DAY_MS, WINDOWS, SeriesId, Snapshot
+from s2feature.errors import ConfigurationError
+from s2feature.jobs.warmup import warmup_start
+from s2feature.lake.parquet import BarLake
+from s2feature.store.base import SignalRow, Store, recompute_event_id
+from s2feature.store.snapshot_rows import prepare_snapshot
+
+__all__ = [
+    "FALLBACK_MARKET",
+    "FALLBACK_VENUE",
+    "MODE",
+    "Batch",
+    "Progress",
+    "RecomputeError",
+    "RecomputePlan",
+    "RecomputeRequest",
+    "RecomputeResult",
+    "plan",
+    "run_recompute",
+]
+
+MODE: Final = "recompute"
+# The lake knows symbols only; a symbol the caller gives no series for is recomputed as this.
+FALLBACK_VENUE: Final = "offline"
+FALLBACK_MARKET: Final = "spot"
+
+
+class RecomputeError(ConfigurationError):
+    """A recompute request that cannot be run (the message names the bad field)."""
+
+
+@dataclass(frozen=True)
+class RecomputeRequest:
+    """What to recompute: t0 in `[from_ts, to_ts]` (epoch ms, both inclusive) for every symbol
+    and window. Validated on construction (RecomputeError naming the field)."""
+
+    symbols: tuple[str, ...]
+    windows: tuple[str, ...]
+    from_ts: int
+    to_ts: int
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise RecomputeError("symbols: at least one symbol is needed")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise RecomputeError(f"symbols: duplicated in {list(self.symbols)}")
+        unknown = [w for w in self.windows if w not in WINDOWS]
+        if not self.windows or unknown:
+            raise RecomputeError(
+                f"windows: a non-empty subset of {','.join(WINDOWS)} is needed, got "
+                f"{list(self.windows)}"
+            )
+        if not 0 <= self.from_ts < self.to_ts:
+            raise RecomputeError(
+                f"from_ts/to_ts: need 0 <= from_ts < to_ts, got {self.from_ts}, {self.to_ts}"
+            )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One unit of work and progress: the t0s of one symbol in `[from_ts, to_ts]` (one UTC day
+    at most)."""
+
+    symbol: str
+    from_ts: int
+    to_ts: int
+
+
+@dataclass(frozen=True)
+class RecomputePlan:
+    request: RecomputeRequest
+    windows: tuple[str, ...]  # canonical order
+    series: Mapping[str, SeriesId]  # by symbol
+    batches: tuple[Batch, ...]  # by symbol (request order), then time
+    config_rev: str
+
+    @property
+    def estimated_batches(self) -> int:
+        return len(self.batches)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after each finished batch; counts are cumulative for the task."""
+
+    batches_done: int
+    batches_total: int
+    signals_written: int
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    task_id: str
+    batches_done: int
+    batches_total: int
+    signals_written: int
+    signals_skipped: int  # already stored under the same config_rev (force = False)
+    interrupted: bool  # `stop` was set before every batch was done
+    event_id: str
+
+
+def _day_batches(symbol: str, from_ts: int, to_ts: int) -> list[Batch]:
+    batches = []
+    start = from_ts
+    while start <= to_ts:
+        day_end = (start // DAY_MS + 1) * DAY_MS - 1
+        end = min(day_end, to_ts)
+        batches.append(Batch(symbol, start, end))
+        start = end + 1
+    return batches
+
+
+def plan(
+    request: RecomputeRequest,
+    lake: BarLake,
+    bundle: ConfigBundle,
+    series: Mapping[str, SeriesId] | None = None,
+) -> RecomputePlan:
+    """The batches of a request. Every symbol must be in the lake; windows must suit the
+    bundle's base interval. `series` gives the venue and market of a symbol's snapshots (those
+    of the live service, so the documents are the same); others get FALLBACK_VENUE/MARKET."""
+    known = set(lake.symbols())
+    missing = [s for s in request.symbols if s not in known]
+    if missing:
+        raise RecomputeError(f"symbols: not in the lake: {', '.join(missing)}")
+    try:
+        windows = validate_windows(request.windows, bundle.base_ms)
+    except ValueError as exc:
+        raise RecomputeError(f"windows: {exc}") from None
+    given = series or {}
+    resolved = {
+        s: given.get(s) or SeriesId(FALLBACK_VENUE, FALLBACK_MARKET, s) for s in request.symbols
+    }
+    batches = [b for s in request.symbols for b in _day_batches(s, request.from_ts, request.to_ts)]
+    return RecomputePlan(request, windows, resolved, tuple(batches), bundle.rev)
+
+
+def _stored_by_live(snap: Snapshot, realtime: bool, persist_all: bool) -> bool:
+    """Whether the live service stores this snapshot (the store half of its routing, SPEC §6 and
+    §8): passing ones in realtime mode, jump/bounds failures always, missing ones only with
+    `persist_all`."""
+    dqc = snap.dqc
+    return (
+        persist_all or (dqc.passed and realtime) or (not dqc.missing and (dqc.jump or dqc.bounds))
+    )
+
+
+@dataclass
+class _SymbolColumns:
+    """The computed columns of one symbol, one per window, each from its own warm-up."""
+
+    series: SeriesId
+    columns: list[WindowColumns] = field(default_factory=list)
+
+
+def _compute_symbol(
+    lake: BarLake, series: SeriesId, windows: Sequence[str], req: RecomputeRequest, b: ConfigBundle
+) -> _SymbolColumns:
+    starts = {w: warmup_start(req.from_ts, w, b) for w in windows}
+    bars = lake.read(series.symbol, from_open_time=min(starts.values()), to_close_time=req.to_ts)
+    out = _SymbolColumns(series)
+    for window in windows:
+        first = int(np.searchsorted(bars.open_time, starts[window], side="left"))
+        base = bars.slice(first, len(bars))
+        out.columns.extend(compute_columns(base, series, [window], b))
+    return out
+
+
+def _slice_columns(col: WindowColumns, from_ts: int, to_ts: int) -> WindowColumns:
+    t0 = col.wbars.close_time
+    lo = int(np.searchsorted(t0, from_ts, side="left"))
+    hi = int(np.searchsorted(t0, to_ts, side="right"))
+    values = {name: array[lo:hi] for name, array in col.values.items()}
+    return WindowColumns(col.window, col.wbars.slice(lo, hi), col.inputs_until[lo:hi], values)
+
+
+def _stored_revs(store: Store, batch: Batch) -> dict[str, Any]:
+    docs = store.query_signals(batch.symbol, None, batch.from_ts, batch.to_ts)
+    return {d["signal_id"]: d.get("config_rev") for d in docs}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_recompute(
+    plan: RecomputePlan,
+    store: Store,
+    lake: BarLake,
+    bundle: ConfigBundle,
+    task_id: str,
+    progress: Callable[[Progress], None] = lambda _: None,
+    stop: threading.Event | None = None,
+    now_ms: Callable[[], int] = _now_ms,
+) -> RecomputeResult:
+    """Run a planned task to its end (or until `stop` is set, checked before each batch).
+
+    `bundle` must be the one the plan was made for (its `rev` is the plan's `config_rev`). Each
+    batch is written with one `Store.write_batch`, then `progress` is called. At the end, also
+    when interrupted, the task's FEATURE_RECOMPUTE event is upserted (`recompute_event_id`).
+    Store errors propagate; batches already written stay written (rewriting them is harmless).
+    """
+    if bundle.rev != plan.config_rev:
+        raise RecomputeError(f"bundle rev {bundle.rev!r} is not the plan's {plan.config_rev!r}")
+    req = plan.request
+    realtime, persist_all = bundle.mode.realtime, bundle.mode.persist_all
+    total = plan.estimated_batches
+    done = written = skipped = 0
+    computed: _SymbolColumns | None = None
+    for batch in plan.batches:
+        if stop is not None and stop.is_set():
+            break
+        series = plan.series[batch.symbol]
+        if computed is None or computed.series != series:
+            computed = _compute_symbol(lake, series, plan.windows, req, bundle)
+        columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
+        snaps = [
+            s
+            for s in materialise(columns, series, bundle)
+            if _stored_by_live(s, realtime, persist_all)
+        ]
+        if not req.force and snaps:
+            revs = _stored_revs(store, batch)
+            fresh = [s for s in snaps if revs.get(s.signal_id) != plan.config_rev]
+            skipped += len(snaps) - len(fresh)
+            snaps = fresh
+        computed_at = now_ms()
+        rows: list[SignalRow] = [prepare_snapshot(s, MODE, computed_at) for s in snaps]
+        if rows:
+            store.write_batch(rows, [])
+        written += len(rows)
+        done += 1
+        progress(Progress(done, total, written))
+    interrupted = done < total
+    event = _task_event(plan, task_id, written, skipped, done, interrupted, now_ms())
+    store.write_batch([], [event])
+    return RecomputeResult(
+        task_id, done, total, written, skipped, interrupted, str(event["event_id"])
+    )
+
+
+def _task_event(
+    plan: RecomputePlan,
+    task_id: str,
+    written: int,
+    skipped: int,
+    done: int,
+    interrupted: bool,
+    ts: int,
+) -> dict[str, Any]:
+    req = plan.request
+    symbols = list(req.symbols)
+    return {
+        "event_id": recompute_event_id(task_id),
+        "kind": "FEATURE_RECOMPUTE",
+        "symbol": symbols[0] if len(symbols) == 1 else None,
+        "ts": ts,
+        "task_id": task_id,
+        "scope": {
+            "symbols": symbols,
+            "windows": list(plan.windows),
+            "from_ts": req.from_ts,
+            "to_ts": req.to_ts,
+            "force": req.force,
+        },
+        "config_rev": plan.config_rev,
+        "signals_written": written,
+        "signals_skipped": skipped,
+        "batches_done": done,
+        "batches_total": plan.estimated_batches,
+        "interrupted": interrupted,
+    }
