@@ -14,8 +14,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.concurrency import run_in_threadpool
+from limits import RateLimitItem
 
 import s2feature
+from s2feature.api.errors import install_error_handlers
+from s2feature.api.rate_limit import RECOMPUTE_RATE
+from s2feature.api.recompute import KnownSymbols, recompute_router
 from s2feature.api.schemas import (
     Checks,
     ConfigCheck,
@@ -26,6 +31,7 @@ from s2feature.api.schemas import (
     ReadyBody,
     StreamCheck,
 )
+from s2feature.api.tasks import TaskRegistry
 from s2feature.service.health import (
     Finding,
     Health,
@@ -125,19 +131,33 @@ def create_app(
     config_status: Published[ConfigStatus],
     limits: HealthLimits | None = None,
     clock: Callable[[], float] = time.time,
+    *,
+    api_token: str | None = None,
+    tasks: TaskRegistry | None = None,
+    known_symbols: KnownSymbols = set,
+    recompute_rate: RateLimitItem = RECOMPUTE_RATE,
 ) -> FastAPI:
     """The HTTP app, reading `loop_status` and `config_status` on every request.
 
     `limits` are the verdict's thresholds (`S2_LAG_DEGRADED_MS` maps to `lag_degraded_ms`);
     `clock` gives wall-clock epoch seconds, the clock the status values are stamped with.
+
+    The `/features/*` routes need the bearer `api_token` (`S2_API_TOKEN`; None or empty: they
+    answer 503). `tasks` runs the recompute tasks (None: 503); the app starts its worker on
+    startup and closes it on shutdown. `known_symbols` lists the lake's symbols, the only ones a
+    recompute may name. `recompute_rate` limits `POST /features/recompute` per instance.
     """
     limits = limits or HealthLimits()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Where routes that own resources (the next ones: recompute jobs) start and stop them.
+        if tasks is not None:
+            tasks.start()
         log.info("api started", extra={"event": "api_started"})
         yield
+        if tasks is not None:
+            # Joining the worker blocks: not on the event loop.
+            await run_in_threadpool(tasks.close)
         log.info("api stopped", extra={"event": "api_stopped"})
 
     app = FastAPI(
@@ -145,6 +165,8 @@ def create_app(
         version=s2feature.__version__,
         lifespan=lifespan,
     )
+    install_error_handlers(app)
+    app.include_router(recompute_router(tasks, known_symbols, api_token, recompute_rate))
 
     def judge() -> tuple[LoopStatus, ConfigStatus, Health, float]:
         # One read of each published value: the body describes exactly what was judged.
