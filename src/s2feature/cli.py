@@ -115,25 +115,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _job_environment() -> JobEnvironment:
     """The job settings from the process's `S2_*` variables, read through `EnvSettings`."""
-    from pydantic import ValidationError
 
     from s2feature.jobs.cli_support import job_environment
-    from s2feature.service.settings import EnvSettings, SettingsError
-    from s2feature.store.factory import StoreSettings
+    from s2feature.service.settings import load_env_settings, store_settings_of
 
-    try:
-        raw = EnvSettings()
-    except ValidationError as exc:
-        problems = [f"S2_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-        raise SettingsError("; ".join(problems)) from None
-    store = StoreSettings(
-        backend=raw.db_backend,
-        sqlite_path=raw.db_sqlite_path,
-        arango_uri=raw.db_arango_uri,
-        arango_database=raw.db_arango_database,
-        arango_user=raw.db_arango_user,
-        arango_password=raw.db_arango_password.get_secret_value(),
-    )
+    raw = load_env_settings()
+    store = store_settings_of(raw)
     return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import FUT_ONLY_FEATURES, Dqc, FeatureValue, Market
+from s2feature.domain import FUT_ONLY_FEATURES, Dqc, FeatureValue, Market, Snapshot
 
 
 def required_features(bundle: ConfigBundle, market: Market) -> tuple[str, ...]:
@@ -70,3 +70,15 @@ def _bounds(features: Mapping[str, FeatureValue], bundle: ConfigBundle) -> list[
     if isinstance(depth, float) and depth > bundle.bounds.depth_top1_usdt_max:
         out.append("bounds:depth_top1_usdt")
     return out
+
+
+def routing(snapshot: Snapshot, realtime: bool, persist_all: bool) -> tuple[bool, bool]:
+    """(store, emit) for a snapshot, per SPEC §6 and §8.
+
+    Passing snapshots are stored and emitted in realtime mode. Jump and bounds failures are stored
+    (for analysis) but not emitted; missing ones are stored only with `persist_all`.
+    """
+    dqc = snapshot.dqc
+    emit = dqc.passed and realtime
+    store = persist_all or emit or (not dqc.missing and (dqc.jump or dqc.bounds))
+    return store, emit

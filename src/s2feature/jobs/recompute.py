@@ -25,7 +25,8 @@ import numpy as np
 from s2feature.compute.batch import WindowColumns, compute_columns, materialise
 from s2feature.compute.engine import validate_windows
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import DAY_MS, WINDOWS, SeriesId, Snapshot
+from s2feature.domain import DAY_MS, WINDOWS, SeriesId
+from s2feature.dqc.verdict import routing
 from s2feature.errors import ConfigurationError
 from s2feature.jobs.warmup import warmup_start
 from s2feature.lake.parquet import BarLake
@@ -163,16 +164,6 @@ def plan(
     return RecomputePlan(request, windows, resolved, tuple(batches), bundle.rev)
 
 
-def _stored_by_live(snap: Snapshot, realtime: bool, persist_all: bool) -> bool:
-    """Whether the live service stores this snapshot (the store half of its routing, SPEC §6 and
-    §8): passing ones in realtime mode, jump/bounds failures always, missing ones only with
-    `persist_all`."""
-    dqc = snap.dqc
-    return (
-        persist_all or (dqc.passed and realtime) or (not dqc.missing and (dqc.jump or dqc.bounds))
-    )
-
-
 @dataclass
 class _SymbolColumns:
     """The computed columns of one symbol, one per window, each from its own warm-up."""
@@ -243,9 +234,7 @@ def run_recompute(
             computed = _compute_symbol(lake, series, plan.windows, req, bundle)
         columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
         snaps = [
-            s
-            for s in materialise(columns, series, bundle)
-            if _stored_by_live(s, realtime, persist_all)
+            s for s in materialise(columns, series, bundle) if routing(s, realtime, persist_all)[0]
         ]
         if not req.force and snaps:
             revs = _stored_revs(store, batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import redis
 from redis.exceptions import RedisClusterException
@@ -18,6 +18,8 @@ from s2feature.service.ownership import Ownership
 from s2feature.service.retry import Backoff
 from s2feature.service.status import DependencyStatus, LoopStatus, Published, StreamStatus
 from s2feature.service.worker import SeriesWorker
+
+MIN_INTERVAL_S: Final = 0.1
 
 
 def consumer_of(token: str | None) -> str | None:
@@ -49,9 +51,17 @@ class StatusReporter:
         self.clock = clock
         self._counts: dict[str, tuple[int | None, int | None]] = {}  # key -> (backlog, pending)
         self._counted_at = -float("inf")
+        self._published_at = -float("inf")
 
-    def publish(self, started: bool, batches: int, waiting_for: str | None = None) -> None:
+    def publish(
+        self, started: bool, batches: int, waiting_for: str | None = None, force: bool = True
+    ) -> None:
+        """Publish a new status value; unless `force`, at most every `MIN_INTERVAL_S` (the loop
+        calls this after every batch, and readers need no finer grain)."""
         now = self.clock()
+        if not force and now - self._published_at < MIN_INTERVAL_S:
+            return
+        self._published_at = now
         if now - self._counted_at >= self.refresh_s and started:
             self._counted_at = now
             self._refresh_counts()

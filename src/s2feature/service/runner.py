@@ -147,7 +147,7 @@ class Service:
         self.backoff.call("commit", partial(worker.commit, outputs))
         self.batches += 1
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))
-        self.publish_status()
+        self.reporter.publish(self.started, self.batches, force=False)
 
     def _apply_bundle(self, worker: SeriesWorker, bundle: ConfigBundle) -> None:
         old_rev = worker.bundle.rev
@@ -189,7 +189,7 @@ class Service:
                 handled += self.reader.wait_for_any(owned, block_ms)
             else:
                 self.stop.wait(block_ms / 1000)  # waiting for a lease
-        self.publish_status()
+        self.reporter.publish(self.started, self.batches, force=False)
         return handled
 
     def release_leases(self) -> None:

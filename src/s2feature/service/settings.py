@@ -189,13 +189,29 @@ def _env_errors(exc: ValidationError) -> SettingsError:
     return SettingsError("; ".join(problems))
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from `env` (a mapping of `S2_*` variables), or from the process environment."""
+def load_env_settings(env: Mapping[str, str] | None = None) -> EnvSettings:
+    """The `S2_*` variables of `env`, or of the process environment; `SettingsError` naming each
+    bad one."""
     try:
-        raw = EnvSettings() if env is None else EnvSettings.from_mapping(env)
+        return EnvSettings() if env is None else EnvSettings.from_mapping(env)
     except ValidationError as exc:
         raise _env_errors(exc) from None
-    return settings_of(raw)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `env` (a mapping of `S2_*` variables), or from the process environment."""
+    return settings_of(load_env_settings(env))
+
+
+def store_settings_of(raw: EnvSettings) -> StoreSettings:
+    return StoreSettings(
+        backend=raw.db_backend,
+        sqlite_path=raw.db_sqlite_path,
+        arango_uri=raw.db_arango_uri,
+        arango_database=raw.db_arango_database,
+        arango_user=raw.db_arango_user,
+        arango_password=raw.db_arango_password.get_secret_value(),
+    )
 
 
 def settings_of(raw: EnvSettings) -> Settings:
@@ -238,14 +254,7 @@ def settings_of(raw: EnvSettings) -> Settings:
         max_deliveries=raw.max_deliveries,
         claim_idle_ms=raw.claim_idle_ms,
         checkpoint_ms=raw.checkpoint_ms,
-        store=StoreSettings(
-            backend=raw.db_backend,
-            sqlite_path=raw.db_sqlite_path,
-            arango_uri=raw.db_arango_uri,
-            arango_database=raw.db_arango_database,
-            arango_user=raw.db_arango_user,
-            arango_password=raw.db_arango_password.get_secret_value(),
-        ),
+        store=store_settings_of(raw),
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
         config=config_source_of(raw),
         log_level=raw.log_level,

@@ -28,6 +28,7 @@ from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import Bar, SeriesId, Snapshot
+from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
@@ -56,18 +57,6 @@ class BatchOutputs:
 def describe(stale: Iterable[StateKey]) -> str:
     """`atr@1m, volatility@base` for a set of engine state keys."""
     return ", ".join(f"{name}@{scope}" for scope, name in sorted(stale))
-
-
-def routing(snapshot: Snapshot, realtime: bool, persist_all: bool) -> tuple[bool, bool]:
-    """(store, emit) for a snapshot, per SPEC §6 and §8.
-
-    Passing snapshots are stored and emitted in realtime mode. Jump and bounds failures are stored
-    (for analysis) but not emitted; missing ones are stored only with `persist_all`.
-    """
-    dqc = snapshot.dqc
-    emit = dqc.passed and realtime
-    store = persist_all or emit or (not dqc.missing and (dqc.jump or dqc.bounds))
-    return store, emit
 
 
 class SeriesWorker:
