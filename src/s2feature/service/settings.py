@@ -67,6 +67,7 @@ class EnvSettings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, lt=65536)  # 0: any free port (tests)
     lag_degraded_ms: int = Field(60_000, gt=0)
+    fx_max_wait_ms: int = Field(2_000, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -128,6 +129,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     config: ConfigSourceSettings = field(default_factory=ConfigSourceSettings)
     log_level: str = "INFO"
+    # Longest wall time a symbol's bar waits for the FX w-bar closing with it (the FX barrier).
+    fx_max_wait_ms: int = 2_000
 
 
 def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
@@ -258,4 +261,5 @@ def settings_of(raw: EnvSettings) -> Settings:
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
         config=config_source_of(raw),
         log_level=raw.log_level,
+        fx_max_wait_ms=raw.fx_max_wait_ms,
     )

@@ -32,6 +32,7 @@ from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
+from s2feature.service.fx_feed import FxLeg
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
@@ -61,7 +62,13 @@ def describe(stale: Iterable[StateKey]) -> str:
 
 class SeriesWorker:
     def __init__(
-        self, settings: Settings, series: SeriesId, io: StreamIO, store: Store, lake: BarLake
+        self,
+        settings: Settings,
+        series: SeriesId,
+        io: StreamIO,
+        store: Store,
+        lake: BarLake,
+        fx: FxLeg | None = None,
     ) -> None:
         self.settings = settings
         self.series = series
@@ -78,12 +85,19 @@ class SeriesWorker:
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
         self.emitted = 0  # new emits, replays not counted
         self.bundle = settings.bundle  # the active bundle: replaced between batches only
+        # The FX leg (`service/fx_feed.py`): the FX series' worker feeds and publishes its bars,
+        # another symbol's engine reads FX closes and its bars pass the barrier.
+        self.fx_feed = fx.feed if fx is not None and fx.fx_stream == series.stream_key else None
+        self.fx_gate = fx.gate_for(series) if fx is not None else None
+        self.fx_views = fx.views_for(series) if fx is not None else None
         self._fresh_state()
 
     def _fresh_state(self) -> None:
         bundle = self.bundle
         self.ingestor = StreamIngestor(self.series, bundle)
-        self.engine = SymbolEngine(self.series, self.settings.windows, bundle)
+        self.engine = SymbolEngine(self.series, self.settings.windows, bundle, self.fx_views)
+        if self.fx_gate is not None:
+            self.fx_gate.clear()
         self.applied = (0, 0)
         self.last_event_ms: int | None = None  # event time of the newest applied event
         self.bars_until = -1  # close time of the newest base bar the engine has seen
@@ -121,6 +135,8 @@ class SeriesWorker:
                 window: (int(payload["t0"]), strict_json.encode(payload).decode())
                 for window, payload in state["latest"].items()
             }
+            if self.fx_gate is not None:  # bars that were waiting for FX wait again
+                self.fx_gate.restore(state.get("fx_held"), time.monotonic())
             how = f"checkpoint at entry {state['applied']}"
             if stale:
                 history = self._history()
@@ -179,6 +195,7 @@ class SeriesWorker:
             "ingestor": self.ingestor.snapshot(),
             "engine": self.engine.snapshot(),
             "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
+            "fx_held": self.fx_gate.snapshot() if self.fx_gate is not None else [],
         }
 
     def _last_document(self) -> bytes:
@@ -204,7 +221,26 @@ class SeriesWorker:
         """
         out = BatchOutputs()
         bars = self._ingest(entries, deliveries, out)
-        snapshots = [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
+        return self._outputs(self._snapshots(bars), out)
+
+    def _snapshots(self, bars: list[Bar]) -> list[Snapshot]:
+        """The engine's snapshots of new base bars; with the FX leg, the FX series' bars go to
+        the FX feed, and another symbol's bars pass the FX barrier first."""
+        if self.fx_feed is not None:
+            self.fx_feed.add_bars(bars)
+        if self.fx_gate is not None:
+            return self.fx_gate.feed(self.engine, bars, time.monotonic())
+        return [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
+
+    @property
+    def fx_waiting(self) -> bool:
+        return self.fx_gate is not None and self.fx_gate.waiting
+
+    def release_fx(self) -> BatchOutputs:
+        """The outputs of the held bars that may go through the FX barrier now (no entries)."""
+        return self._outputs(self._snapshots([]), BatchOutputs())
+
+    def _outputs(self, snapshots: list[Snapshot], out: BatchOutputs) -> BatchOutputs:
         mode = self.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
@@ -308,6 +344,8 @@ class SeriesWorker:
             self.store.write_batch(out.signals, out.events)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
+        if self.fx_feed is not None:
+            self.fx_feed.publish(out.bars)  # before a checkpoint can cover their entries
         sent = None
         if out.emits and sends_ahead(self.io.client):
             keys, args = self.io.emit_request(
