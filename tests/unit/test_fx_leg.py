@@ -30,8 +30,8 @@ def fx_series(seed: int, n: int, gap_prob: float = 0.0) -> BarArrays:
     return make_series(SeriesSpec(seed=seed, n=n, base_ms=MINUTE_MS, gap_prob=gap_prob, max_gap=7))
 
 
-def feed_all(bars: BarArrays, keep: int = 10_000) -> LiveFxCloses:
-    live = LiveFxCloses(WINDOWS_MS, keep_periods=keep)
+def feed_all(bars: BarArrays) -> LiveFxCloses:
+    live = LiveFxCloses(WINDOWS_MS)
     for bar in bars.to_bars():
         assert live.add(bar.open_time, bar.close_time, bar.close)
     return live
@@ -70,11 +70,23 @@ def test_a_bar_seen_already_is_skipped() -> None:
     assert live.view(MINUTE_MS).close_at(bar.close_time) == bar.close
 
 
-def test_old_closes_are_dropped_beyond_the_kept_periods() -> None:
-    live = feed_all(fx_series(2, 300), keep=20)
-    view = live.view(MINUTE_MS)
-    assert view.close_at(live.known_until) is not None
-    assert view.close_at(live.known_until - 100 * MINUTE_MS) is None
+def test_pruned_closes_are_gone_and_backfilled_ones_equal_the_batch_w_bars() -> None:
+    fx = fx_series(2, 300, gap_prob=0.1)
+    live = feed_all(fx.slice(150, 300))
+    first = int(fx.open_time[150])
+    assert live.covered_from == first
+    live.backfill(
+        zip(fx.open_time.tolist(), fx.close_time.tolist(), fx.close.tolist(), strict=True)
+    )
+    assert live.covered_from == int(fx.open_time[0])
+    for w in WINDOWS_MS:
+        full, _ = aggregate_wbars(fx, w)
+        for t, close in zip(full.close_time.tolist(), full.close.tolist(), strict=True):
+            assert live.view(w).close_at(t) == close  # the period across the seam too
+    cut = int(fx.close_time[200])
+    live.prune(cut)
+    assert live.view(MINUTE_MS).close_at(int(fx.close_time[199])) is None
+    assert live.view(MINUTE_MS).close_at(cut) == float(fx.close[200])
 
 
 def snapshots_through_gate(
@@ -82,7 +94,7 @@ def snapshots_through_gate(
 ) -> tuple[list[Snapshot], int]:
     """Run the symbol's bars through a gate while the FX feed lags `fx_lag` bars behind; at the
     bar indexes in `stalls` the FX feed does not advance and the clock jumps past the wait."""
-    live = LiveFxCloses(WINDOWS_MS, keep_periods=100)
+    live = LiveFxCloses(WINDOWS_MS)
     views = {w: live.view(ms) for w, ms in zip(WINDOWS, WINDOWS_MS, strict=True)}
     engine = SymbolEngine(SERIES, WINDOWS, BUNDLE, views)
     gate = FxGate(live, max_wait_s=2.0)
@@ -157,7 +169,7 @@ def test_fx_late_snapshots_are_the_only_difference_and_say_so() -> None:
 
 
 def test_a_held_bar_is_checkpointed_and_waits_again_after_a_restore() -> None:
-    live = LiveFxCloses(WINDOWS_MS, keep_periods=100)
+    live = LiveFxCloses(WINDOWS_MS)
     engine = SymbolEngine(SERIES, WINDOWS, BUNDLE)
     gate = FxGate(live, max_wait_s=2.0)
     bar = fx_series(3, 3).to_bars()[0]

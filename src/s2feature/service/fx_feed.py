@@ -39,6 +39,7 @@ READ_PAGE: Final = 5_000
 # Poll period of the published FX bars while a snapshot waits and the FX stream is owned
 # elsewhere: the longest the wait outlasts the FX bar it waits for.
 REMOTE_POLL_MS: Final = 20
+PRUNE_S: Final = 10.0
 
 
 def _id_of(bar_close_time: int) -> str:
@@ -54,12 +55,13 @@ class FxFeed:
         self.client = client
         self.series = fx
         self.key = fx_bars_key(fx.symbol)
-        # The correlation reads rho_period + rho_z_period periods back (p + z closes); one more
-        # keeps the oldest period whole.
-        keep = bundle.windows.rho_period + bundle.windows.rho_z_period + 1
+        # A snapshot at t0 reads FX closes back to t0 - (rho_period + rho_z_period - 1) w (its
+        # z-score's oldest rho): this span of the largest window, one period more, covers it.
+        periods = bundle.windows.rho_period + bundle.windows.rho_z_period + 1
         windows_ms = [interval_ms(w) for w in windows]
-        self.closes = LiveFxCloses(windows_ms, keep_periods=keep)
-        self.history_bars = keep * max(windows_ms) // bundle.base_ms
+        self.closes = LiveFxCloses(windows_ms)
+        self.span_ms = periods * max(windows_ms)
+        self.history_bars = self.span_ms // bundle.base_ms
         self.views: dict[str, FxWindowCloses] = {
             w: self.closes.view(interval_ms(w)) for w in windows
         }
@@ -89,6 +91,29 @@ class FxFeed:
             self.client.xrevrange(self.key, count=self.history_bars),
         )
         return self._add_entries(reversed(rows))
+
+    def cover(self, until: int) -> None:
+        """Make sure the closes a symbol whose bars reach `until` reads are held: read the older
+        published bars when the feed starts later (a symbol behind the FX, taken over or
+        catching up)."""
+        start = until - self.span_ms
+        covered = self.closes.covered_from
+        if covered is None or start >= covered:
+            return
+        rows: list[tuple[int, int, float]] = []
+        low = f"{max(start, 0)}"
+        while True:
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self.client.xrange(self.key, min=low, max=f"{covered - 1}", count=READ_PAGE),
+            )
+            for entry_id, fields in page:
+                close_time = int(entry_id.split(b"-")[0])
+                rows.append((int(fields[b"open_time"]), close_time, float(fields[b"close"])))
+            if len(page) < READ_PAGE:
+                break
+            low = f"({page[-1][0].decode()}"
+        self.closes.backfill(rows)
 
     def poll(self) -> int:
         """Read the bars published after `known_until` (an instance that does not own the FX
@@ -132,6 +157,7 @@ class FxLeg:
         self.max_wait_s = max_wait_ms / 1000
         self.gates: dict[str, FxGate] = {}  # stream key -> gate of a symbol that uses FX
         self.fx_stream = feed.series.stream_key
+        self._pruned_at = time.monotonic()
 
     @classmethod
     def of(
@@ -147,6 +173,25 @@ class FxLeg:
         if fx is None:
             return None
         return cls(FxFeed(client, fx, windows, bundle), max_wait_ms)
+
+    def cover(self, seen_until: int | None, bars_until: int) -> None:
+        """A symbol's state was restored (its engine has seen bars up to `seen_until`, its
+        ingestor up to `bars_until`): hold the FX closes its next snapshots read."""
+        until = bars_until if seen_until is None or seen_until < 0 else seen_until
+        if until >= 0:
+            self.feed.cover(until)
+
+    def prune(self, progress: Iterable[int | None]) -> None:
+        """Drop the FX closes no owned symbol reads any more: those older than the span before
+        the slowest one's newest bar (`progress`: each symbol engine's `seen_until`), at most
+        every PRUNE_S seconds."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_S:
+            return
+        self._pruned_at = now
+        feed = self.feed
+        floor = min((p for p in progress if p is not None and p >= 0), default=feed.known_until)
+        feed.closes.prune(min(floor, feed.known_until) - feed.span_ms)
 
     def gate_for(self, series: SeriesId) -> FxGate | None:
         """A new gate for a symbol's worker; None for the FX series itself."""

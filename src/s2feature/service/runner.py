@@ -132,6 +132,9 @@ class Service:
         """The lease is ours: rebuild the state, claim what earlier owners left pending and
         process it, oldest first."""
         how = self.backoff.call("restore", partial(worker.restore, self.active_bundle()))
+        if self.fx is not None:  # the FX closes its replay reads
+            cover = partial(self.fx.cover, worker.engine.seen_until, worker.bars_until)
+            self.backoff.call("load FX bars", cover)
         claimed = self.backoff.call("claim", partial(worker.io.claim_all_pending, 0))
         log.info(
             "%s: restored (%s), claimed %d pending",
@@ -219,7 +222,9 @@ class Service:
         """Commit the snapshots of held bars that may go through the FX barrier now."""
         if self.fx is None:
             return 0
-        return self.fx.release(list(self.owned), self._commit_released)
+        owned = self.ownership.owned_workers()
+        self.fx.prune(w.engine.seen_until for w in owned if w.fx_gate is not None)
+        return self.fx.release([w.io.key for w in owned], self._commit_released)
 
     def _commit_released(self, key: str) -> None:
         worker = self.workers[key]
