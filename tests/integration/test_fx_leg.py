@@ -400,7 +400,7 @@ def test_kill_9_at_random_moments_with_both_streams_flowing_loses_nothing(
             # a checkpoint of its own, at a random moment.
             seen = checkpoints
             wait_for(
-                lambda seen=seen: checkpoints > seen or not feeder.is_alive(),  # type: ignore[misc]
+                lambda seen=seen: checkpoints > seen or not feeder.is_alive(),
                 timeout_s=120,
                 what="a checkpoint",
             )
