@@ -25,6 +25,10 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
    one-minute bar), where the engine, store and emits share even less of the work.
 6. Burst throughput with `S2_REDIS_MIN_REPLICAS` 0 and then 1 on a server with one replica:
    the cost of waiting for the replica before each checkpoint (`--replicas-only` runs just this).
+7. The FX leg: floor, burst throughput and end-to-end latency (3-4 entries per bar) of the
+   three streams over one common stretch of time, without and then with a fourth stream, the
+   FX series (`rho.fx_symbol`, same density, its bars closing with theirs), so that every
+   symbol's snapshots compute `rho_*` and pass the FX barrier (`--fx-only` runs just this).
 
 Input: three fut streams of flat S1 entries, each a different stretch of the real Coinbase
 BTC/USD hourly bars split into 1-minute bars and ticks by the seeded `s2feature.data.synth`.
@@ -45,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,15 +147,29 @@ def lake_history(stream: StreamInput) -> list[Bar]:
     return [bar for fields in entries for bar in ingestor.on_entry(fields).bars]  # type: ignore[arg-type]
 
 
-def streams_of(plans: Sequence[Sequence[tuple[int, int]]], venue: str) -> list[StreamInput]:
-    """One stream per symbol: its segments of (bars, entries per bar), in order."""
+def streams_of(
+    plans: Sequence[Sequence[tuple[int, int]]],
+    venue: str,
+    symbols: Sequence[tuple[str, int]] = SYMBOLS,
+    aligned: bool = False,
+) -> list[StreamInput]:
+    """One stream per symbol: its segments of (bars, entries per bar), in order. `aligned`
+    moves every stretch to start when the first one starts (the FX leg pairs bars by close
+    time)."""
     hourly = load_klines(ROOT / "datasets" / "Coinbase_BTCUSD_1h_2017-2018.csv", "1h")
     inputs, end = [], len(hourly)
-    for index, ((symbol, _), plan) in enumerate(zip(SYMBOLS, plans, strict=True)):
+    start: int | None = None
+    for index, ((symbol, _), plan) in enumerate(zip(symbols, plans, strict=True)):
         n_minutes = sum(bars for bars, _ in plan)
         hours = -(-n_minutes // 60)
         stretch = hourly.slice(end - hours, end)  # disjoint stretches, the newest first
         end -= hours
+        start = int(stretch.open_time[0]) if start is None else start
+        if aligned:
+            shift = start - int(stretch.open_time[0])
+            stretch = replace(
+                stretch, open_time=stretch.open_time + shift, close_time=stretch.close_time + shift
+            )
         minute = derive_finer_bars(stretch, MINUTE_MS, seed=index + 1).slice(0, n_minutes)
         minute = derive_ticks(minute, seed=index + 11, market="fut")
         series = SeriesId(venue, "fut", symbol)
@@ -263,11 +281,15 @@ def timed_engines(result: BurstResult) -> Iterator[None]:
 
 
 def service_env(
-    server: RedisServer, workdir: Path, consumer: str, venue: str = "bench"
+    server: RedisServer,
+    workdir: Path,
+    consumer: str,
+    venue: str = "bench",
+    symbols: Sequence[tuple[str, int]] = SYMBOLS,
 ) -> dict[str, str]:
     return {
         "S2_REDIS_ADDRESSES": f"{server.host}:{server.port}",
-        "S2_SYMBOLS": ",".join(f"{venue}:fut:{symbol}" for symbol, _ in SYMBOLS),
+        "S2_SYMBOLS": ",".join(f"{venue}:fut:{symbol}" for symbol, _ in symbols),
         "S2_WINDOWS": SERVICE_WINDOWS,
         "S2_CONSUMER_NAME": consumer,
         "S2_DB_SQLITE_PATH": str(workdir / "s2.db"),
@@ -403,14 +425,19 @@ def listen(
 
 
 @contextlib.contextmanager
-def service_process(server: RedisServer, workdir: Path, profile_to: Path | None) -> Iterator[None]:
+def service_process(
+    server: RedisServer,
+    workdir: Path,
+    profile_to: Path | None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[None]:
     """`s2-feature run` in its own process, from the moment it blocks in XREADGROUP (restored,
     claimed, drained, waiting for input) until SIGTERM (graceful: checkpoint, ack, exit 0)."""
     command = [sys.executable, "-m", "s2feature.cli", "run"]
     if profile_to is not None:
         command[1:1] = ["-m", "cProfile", "-o", str(profile_to)]
     log = workdir / "service.log"
-    env = {**os.environ, **service_env(server, workdir, "bench-paced")}
+    env = {**os.environ, **service_env(server, workdir, "bench-paced"), **(extra_env or {})}
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=sink)
     admin = server.client(decode_responses=True)
@@ -444,10 +471,16 @@ class PacedResult:
 
 
 def run_paced(
-    server: RedisServer, inputs: Sequence[StreamInput], phase: int, rate: float, idle_s: float
+    server: RedisServer,
+    inputs: Sequence[StreamInput],
+    phase: int,
+    rate: float,
+    idle_s: float,
+    measured: Sequence[StreamInput] | None = None,
 ) -> PacedResult:
-    """Send one paced phase and wait until the outputs stop (`idle_s` without a new one)."""
-    by_output = {events_key(s.series.symbol): s for s in inputs}
+    """Send one paced phase and wait until the outputs stop (`idle_s` without a new one); the
+    latency is that of the `measured` streams' outputs (all by default)."""
+    by_output = {events_key(s.series.symbol): s for s in measured or inputs}
     schedule = paced_schedule(inputs, phase)
     sent_at: dict[tuple[str, int], float] = {}
     late_s: list[float] = []
@@ -592,6 +625,75 @@ def replica_wait_cost(workdir: Path, args: argparse.Namespace) -> None:
     )
 
 
+FX_SYMBOL = ("USDTTWD", 3)  # the default bundle's rho.fx_symbol; another stretch of the data
+
+
+@dataclass
+class FxFigures:
+    floor: float = 0.0
+    service: float = 0.0
+    p95_ms: float = 0.0
+    p50_ms: float = 0.0
+    emitted: int = 0
+    with_rho: int = 0
+    fx_late: int = 0
+
+
+def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFigures:
+    """Floor, best burst and the dense paced phase over the three symbols aligned in time, with
+    or without the FX stream."""
+    symbols = (*SYMBOLS, FX_SYMBOL) if with_fx else SYMBOLS
+    per_stream = round(args.rate * args.seconds / len(SYMBOLS))
+    preload_n = args.entries // len(SYMBOLS)
+    plans = [[(preload_n // m, m), (per_stream // m, m)] for _, m in symbols]
+    inputs = streams_of(plans, "fx", symbols, aligned=True)
+    entries = sum(len(s.segments[0].entries) for s in inputs)
+    env = {"S2_SYMBOLS": ",".join(f"fx:fut:{symbol}" for symbol, _ in symbols)}
+    out = FxFigures()
+    with RedisServer(workdir / "redis", appendonly=False) as server:
+        client = server.client()
+        preload(client, inputs)
+        out.floor = max(floor_pass(client, inputs, f"floor-{i}") for i in range(args.floor_passes))
+        burst, _ = best_burst(server, workdir, args.service_passes, False, "fx", extra_env=env)
+        out.service = entries / burst.seconds
+        with service_process(server, workdir, None, extra_env=env):
+            # The symbols' rate is the same in both runs; the FX stream adds its own entries.
+            rate = args.rate * len(symbols) / len(SYMBOLS)
+            paced = run_paced(server, inputs, 1, rate, idle_s=1.0, measured=inputs[: len(SYMBOLS)])
+        every = [v for values in paced.latency_ms.values() for v in values]
+        out.p50_ms, out.p95_ms = percentiles(every, 50, 95) if every else (0.0, 0.0)
+        for stream in inputs[: len(SYMBOLS)]:
+            rows: Any = client.xrange(events_key(stream.series.symbol))
+            for _, fields in rows:
+                out.emitted += 1
+                text = fields[b"data"]
+                out.with_rho += b'"rho_usdttwd_14":null' not in text
+                out.fx_late += b'"fx_late"' in text
+    return out
+
+
+def fx_leg_cost(workdir: Path, args: argparse.Namespace) -> None:
+    """7. The FX leg's cost: the same three symbols without and with the FX stream."""
+    off = fx_scenario(workdir / "off", args, with_fx=False)
+    on = fx_scenario(workdir / "on", args, with_fx=True)
+    ratio_off, ratio_on = off.service / off.floor, on.service / on.floor
+    print(
+        f"7. the FX leg (three streams aligned in time, then with the FX stream {FX_SYMBOL[0]} "
+        f"at {FX_SYMBOL[1]} entries/bar; best of {args.service_passes} bursts, dense paced "
+        f"phase at the same rate per symbol):\n"
+        f"   FX off: floor {off.floor:,.0f}, service {off.service:,.0f} entries/s = "
+        f"{ratio_off:.0%} of the floor; end-to-end p50 {off.p50_ms:.2f} ms, "
+        f"p95 {off.p95_ms:.2f} ms\n"
+        f"   FX on:  floor {on.floor:,.0f}, service {on.service:,.0f} entries/s = "
+        f"{ratio_on:.0%} of the floor; end-to-end p50 {on.p50_ms:.2f} ms, "
+        f"p95 {on.p95_ms:.2f} ms; {on.with_rho:,} of {on.emitted:,} symbol snapshots with "
+        f"rho_usdttwd_14, {on.fx_late} fx_late\n"
+        f"   on / off: throughput ratio {ratio_on / ratio_off:.0%}, e2e p95 "
+        f"{on.p95_ms / off.p95_ms if off.p95_ms else float('nan'):.0%} "
+        f"(target: within 10 %)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=60_000, help="pre-loaded, all streams")
@@ -603,10 +705,15 @@ def main() -> None:
     parser.add_argument(
         "--replicas-only", action="store_true", help="only 6: the cost of S2_REDIS_MIN_REPLICAS"
     )
+    parser.add_argument("--fx-only", action="store_true", help="only 7: the cost of the FX leg")
     args = parser.parse_args()
     if args.replicas_only:
         with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
             replica_wait_cost(Path(tmp), args)
+        return
+    if args.fx_only:
+        with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
+            fx_leg_cost(Path(tmp), args)
         return
     bench_started = time.perf_counter()
     live_per_bar = max(1, round(args.rate / len(SYMBOLS)))  # one bar per second per stream
@@ -649,6 +756,7 @@ def main() -> None:
                 print(profile_summary(pstats.Stats(str(profile_to)), "the paced runs"))
         sparse_throughput(workdir / "sparse", args, live_per_bar)
         replica_wait_cost(workdir / "replicas", args)
+        fx_leg_cost(workdir / "fx", args)
     print(f"\nwhole benchmark: {time.perf_counter() - bench_started:.0f} s")
 
 
