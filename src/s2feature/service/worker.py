@@ -16,6 +16,7 @@ emits make that a no-op where the first attempt had got through).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 import msgspec
 
 from s2feature import strict_json
+from s2feature.compute.correlation import CORRELATION_FEATURES
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
 from s2feature.config.bundle import ConfigBundle
@@ -229,8 +231,14 @@ class SeriesWorker:
         if self.fx_feed is not None:
             self.fx_feed.add_bars(bars)
         if self.fx_gate is not None:
-            return self.fx_gate.feed(self.engine, bars, time.monotonic())
+            # A bundle without rho_* has nothing to wait for: every held bar goes through.
+            now = time.monotonic() if self._reads_fx() else math.inf
+            return self.fx_gate.feed(self.engine, bars, now)
         return [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
+
+    def _reads_fx(self) -> bool:
+        enabled = self.bundle.features.enabled
+        return any(name in enabled for name in CORRELATION_FEATURES)
 
     @property
     def fx_waiting(self) -> bool:
