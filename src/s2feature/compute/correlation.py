@@ -224,7 +224,13 @@ class OnlineCorrelationFamily:
         self._sym_returns: deque[float] = deque(maxlen=self._p + self._z - 1)
         self._last_close: float | None = None  # None when the last bar's close is unusable
         self._close_end: int | None = None  # close time of the last bar fed
+        # Caches, not state (FX closes are final once readable, so cached values stay true):
         self._rho_cache: dict[int, float | None] = {}  # close time -> final rho (None: null)
+        self._run: list[float] = []  # the z rhos ending at `_run_end`, none null
+        self._run_end: int | None = None
+        self._fx_kept: deque[float] = deque(maxlen=self._p)  # p FX returns ending at `_fx_end`
+        self._fx_end: int | None = None
+        self._fx_last = 0.0  # the FX close at `_fx_end`
 
     def update(self, bar: Bar) -> None:
         """Take the next final w-bar of the symbol."""
@@ -246,13 +252,21 @@ class OnlineCorrelationFamily:
         returns = list(self._sym_returns)
         rho = self._rho(returns, 0, t0, fx)
         if rho is None:
+            self._run_end = None
             return {RHO: None, RHO_Z: None}
         zscore = None
+        w = self._w
         if len(returns) >= self._p + self._z - 1:
-            rhos = [self._rho(returns, k, t0 - k * self._w, fx) for k in range(self._z - 1, 0, -1)]
-            rhos.append(rho)
+            if self._run_end == t0 - w:  # the z rhos of the last evaluation, all final
+                rhos: list[float | None] = [*self._run[1:], rho]
+            else:
+                rhos = [self._rho(returns, k, t0 - k * w, fx) for k in range(self._z - 1, 0, -1)]
+                rhos.append(rho)
             if None not in rhos:
-                zscore = _zscore_of_last(cast(list[float], rhos))
+                self._run, self._run_end = cast(list[float], rhos), t0
+                zscore = _zscore_of_last(self._run)
+            else:
+                self._run_end = None
         self._prune(t0)
         return {RHO: rho, RHO_Z: zscore}
 
@@ -273,9 +287,15 @@ class OnlineCorrelationFamily:
         return rho
 
     def _fx_returns(self, fx: FxCloses, t: int, last: float) -> list[float] | None:
-        """The p FX log returns ending at t (whose close is `last`); None when one is missing."""
+        """The p FX log returns ending at t (whose close is `last`); None when one is missing.
+        Those ending one window earlier are kept, so the next t reads one close more."""
         w = self._w
         close_at = fx.close_at
+        kept = self._fx_kept
+        if self._fx_end == t - w and close_at(t - w) == self._fx_last:
+            kept.append(math.log(last / self._fx_last))
+            self._fx_end, self._fx_last = t, last
+            return list(kept)
         closes = []
         for close_time in range(t - self._p * w, t, w):
             close = close_at(close_time)
@@ -284,7 +304,17 @@ class OnlineCorrelationFamily:
             closes.append(close)
         closes.append(last)
         log = math.log
-        return [log(b / a) for a, b in itertools.pairwise(closes)]
+        returns = [log(b / a) for a, b in itertools.pairwise(closes)]
+        kept.clear()
+        kept.extend(returns)
+        self._fx_end, self._fx_last = t, last
+        return returns
+
+    def _drop_caches(self) -> None:
+        self._rho_cache = {}
+        self._run, self._run_end = [], None
+        self._fx_kept.clear()
+        self._fx_end, self._fx_last = None, 0.0
 
     def _prune(self, t0: int) -> None:
         """Forget cached rhos no later evaluation can read (older than z - 1 windows back)."""
@@ -311,14 +341,14 @@ class OnlineCorrelationFamily:
         self._last_close = None if last_close is None else float(last_close)
         close_end = state["close_end"]
         self._close_end = None if close_end is None else int(close_end)
-        self._rho_cache = {}
+        self._drop_caches()
 
     def reset(self) -> None:
         """Forget everything, as a fresh instance."""
         self._sym_returns.clear()
         self._last_close = None
         self._close_end = None
-        self._rho_cache = {}
+        self._drop_caches()
 
 
 def correlation_state_params(ctx: FamilyContext) -> dict[str, Any]:

@@ -212,11 +212,15 @@ class Service:
     # -- the FX leg (`service/fx_feed.py`) ---------------------------------------------------
 
     def _fx_readable(self, owned: list[SeriesWorker]) -> list[SeriesWorker]:
-        """The owned streams to read: not those whose bars wait for FX."""
+        """The owned streams to read, the FX stream first: not those whose bars wait for FX."""
         if self.fx is None:
             return owned
         readable = self.fx.readable(w.io.key for w in owned)
-        return [w for w in owned if w.io.key in readable]
+        fx_stream = self.fx.fx_stream
+        # The FX stream first: bars it finalises let the others' bars through in the same round.
+        return sorted(
+            (w for w in owned if w.io.key in readable), key=lambda w: w.io.key != fx_stream
+        )
 
     def _fx_release(self) -> int:
         """Commit the snapshots of held bars that may go through the FX barrier now."""
