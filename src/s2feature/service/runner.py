@@ -152,6 +152,8 @@ class Service:
         if bundle is not worker.bundle:
             self._apply_bundle(worker, bundle)
         outputs: BatchOutputs = worker.compute(entries, counts)
+        if worker.fx_feed is not None:
+            self._fx_release()  # the FX bars just computed let the waiting symbols' out first
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
         self.backoff.call("commit", partial(worker.commit, outputs))
