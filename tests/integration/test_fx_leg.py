@@ -325,6 +325,11 @@ def test_fx_owned_by_one_instance_and_the_symbol_by_another_equal_one_instance(
         )
         assert sym_owner.service.owned == {SYM.stream_key}
         assert fx_owner.service.owned == {FX.stream_key}
+        # The symbol's bars waited, and the FX bars that let them through came from the stream
+        # the FX owner publishes (no deadline can pass in this test).
+        assert sym_owner.service.fx is not None
+        assert sym_owner.service.fx.gates[SYM.stream_key].held_bars > 0
+        assert sym_owner.service.fx.gates[SYM.stream_key].late == 0
     finally:
         if sym_owner is not None:
             sym_owner.stop()

@@ -54,6 +54,7 @@ class FxGate:
         self.max_wait_s = max_wait_s
         self.held: deque[tuple[Bar, float]] = deque()
         self.late = 0  # snapshots made with `fx_late`
+        self.held_bars = 0  # bars that had to wait (in time or not)
 
     @property
     def waiting(self) -> bool:
@@ -79,6 +80,7 @@ class FxGate:
             return [snap for bar in bars for snap in engine.on_base_bar(bar)]
         deadline = now + self.max_wait_s
         held.extend((bar, deadline) for bar in bars)
+        self.held_bars += sum(bar.close_time > known for bar in bars)
         out: list[Snapshot] = []
         while held:
             bar, due = held[0]
