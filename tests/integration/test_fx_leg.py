@@ -436,3 +436,26 @@ def test_kill_9_at_random_moments_with_both_streams_flowing_loses_nothing(
     checks.assert_lake_holds_input_bars(env, SYM, sym_bars)
     checks.assert_lake_holds_input_bars(env, FX, fx_bars)
     assert checks.pending_count(client, SYM) == 0
+
+
+def test_a_redis_that_lost_the_published_fx_bars_and_checkpoints_warms_up_from_the_lake(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The FX closes come from the FX series' lake partition when neither `feat:fxbars` nor a
+    checkpoint survived: the snapshots after the loss still equal a recompute."""
+    client = redis_server.client()
+    env = env_for(redis_server, tmp_path, S2_FX_MAX_WAIT_MS="600000")
+    _, sym_entries = inputs(SYM, 15)
+    _, fx_entries = inputs(FX, 16)
+    half = 3 * 200
+    add(client, FX, fx_entries[:half])
+    add(client, SYM, sym_entries[:half])
+    run_burst(env)
+    for key in (fx_bars_key(FX.symbol), cache_key(SYM.symbol), cache_key(FX.symbol)):
+        assert client.delete(key) == 1
+    add(client, FX, fx_entries[half:])
+    add(client, SYM, sym_entries[half:])
+    run_burst(env)
+    payloads = assert_symbol_outputs_match(client, env)
+    after = [p for p in payloads if p["t0"] > int(sym_entries[half]["ts"])]
+    assert sum(p["features"][RHO_Z] is not None for p in after) > 20

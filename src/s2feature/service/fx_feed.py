@@ -28,6 +28,7 @@ import redis
 from s2feature.compute.fx_closes import FxWindowCloses, LiveFxCloses
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import Bar, SeriesId, interval_ms
+from s2feature.lake.parquet import BarLake
 from s2feature.service.fx_barrier import FxGate
 from s2feature.streams.client import AnyRedis
 from s2feature.streams.keys import fx_bars_key
@@ -50,9 +51,15 @@ class FxFeed:
     """The FX series' base bars as seen by this instance (see the module docstring)."""
 
     def __init__(
-        self, client: AnyRedis, fx: SeriesId, windows: Sequence[str], bundle: ConfigBundle
+        self,
+        client: AnyRedis,
+        fx: SeriesId,
+        windows: Sequence[str],
+        bundle: ConfigBundle,
+        lake: BarLake | None = None,
     ) -> None:
         self.client = client
+        self.lake = lake
         self.series = fx
         self.key = fx_bars_key(fx.symbol)
         # A snapshot at t0 reads FX closes back to t0 - (rho_period + rho_z_period - 1) w (its
@@ -95,17 +102,18 @@ class FxFeed:
     def cover(self, until: int) -> None:
         """Make sure the closes a symbol whose bars reach `until` reads are held: read the older
         published bars when the feed starts later (a symbol behind the FX, taken over or
-        catching up)."""
-        start = until - self.span_ms
+        catching up), and, before the first of them, the FX series' lake partition (a stream
+        that lost its data)."""
+        start = max(until - self.span_ms, 0)
         covered = self.closes.covered_from
-        if covered is None or start >= covered:
+        if covered is not None and start >= covered:
             return
         rows: list[tuple[int, int, float]] = []
-        low = f"{max(start, 0)}"
+        low, high = f"{start}", "+" if covered is None else f"{covered - 1}"
         while True:
             page = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
-                self.client.xrange(self.key, min=low, max=f"{covered - 1}", count=READ_PAGE),
+                self.client.xrange(self.key, min=low, max=high, count=READ_PAGE),
             )
             for entry_id, fields in page:
                 close_time = int(entry_id.split(b"-")[0])
@@ -113,7 +121,25 @@ class FxFeed:
             if len(page) < READ_PAGE:
                 break
             low = f"({page[-1][0].decode()}"
-        self.closes.backfill(rows)
+        if self.lake is not None:
+            first = rows[0][1] if rows else covered
+            older = self.lake.read(
+                self.series.symbol,
+                from_open_time=start,
+                to_close_time=None if first is None else first - 1,
+            )
+            lake_rows = zip(
+                older.open_time.tolist(),
+                older.close_time.tolist(),
+                older.close.tolist(),
+                strict=True,
+            )
+            rows = [*lake_rows, *rows]
+        if covered is None:
+            for open_time, close_time, close in rows:
+                self.closes.add(open_time, close_time, close)
+        else:
+            self.closes.backfill(rows)
 
     def poll(self) -> int:
         """Read the bars published after `known_until` (an instance that does not own the FX
@@ -167,12 +193,13 @@ class FxLeg:
         windows: Sequence[str],
         bundle: ConfigBundle,
         max_wait_ms: int,
+        lake: BarLake | None = None,
     ) -> FxLeg | None:
         """The leg of the series named by `rho.fx_symbol`; None when no stream has it."""
         fx = next((s for s in series if s.symbol == bundle.rho.fx_symbol), None)
         if fx is None:
             return None
-        return cls(FxFeed(client, fx, windows, bundle), max_wait_ms)
+        return cls(FxFeed(client, fx, windows, bundle, lake), max_wait_ms)
 
     def cover(self, seen_until: int | None, bars_until: int) -> None:
         """A symbol's state was restored (its engine has seen bars up to `seen_until`, its

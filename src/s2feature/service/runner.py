@@ -63,7 +63,12 @@ class Service:
         self.backoff = Backoff(self.stop, on_retry=self.publish_status)
         # The FX series' bars to the other symbols, through the FX barrier (None without FX).
         self.fx = FxLeg.of(
-            client, settings.series, settings.windows, settings.bundle, settings.fx_max_wait_ms
+            client,
+            settings.series,
+            settings.windows,
+            settings.bundle,
+            settings.fx_max_wait_ms,
+            lake,
         )
         self.workers = {
             s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake, self.fx)
