@@ -147,11 +147,12 @@ class Settings:
 
 def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
     """The `S2_DQC_*` and `S2_REGIME_*` overrides; `SettingsError` naming a bad variable."""
-    values: dict[str, dict[str, Any]] = {section: {} for section in OVERRIDABLE}
-    for name in EnvSettings.model_fields:
-        section, _, field_name = name.partition("_")
-        if section in OVERRIDABLE:
-            values[section][field_name] = getattr(raw, name)
+    # From the bundle's fields, not from every `S2_DQC_*`/`S2_REGIME_*` name: other settings
+    # (of the regime job, say) may share the prefix without being bundle fields.
+    values = {
+        section: {name: getattr(raw, f"{section}_{name}", None) for name in model.model_fields}
+        for section, model in OVERRIDABLE.items()
+    }
     try:
         return BundleOverrides.of(values)
     except OverrideError as exc:
