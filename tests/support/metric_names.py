@@ -60,10 +60,16 @@ def exported_metric_names() -> set[str]:
 
 
 def scraped_metric_names(exposition: str) -> set[str]:
-    """The sample names of a Prometheus text exposition (`GET /metrics`)."""
+    """The sample names of a Prometheus text exposition (`GET /metrics`), including those of
+    metrics declared (`# TYPE`) but without any sample yet (a labelled counter never
+    incremented)."""
     names = set()
     for line in exposition.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            if kind in ("counter", "gauge", "histogram"):
+                names |= sample_names(name, kind)  # type: ignore[arg-type]
+        elif line and not line.startswith("#"):
             names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names
 
