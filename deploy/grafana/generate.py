@@ -203,8 +203,12 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
                 "Config rev",
                 "none",
                 "The active bundle's rev and source per instance.",
-                [("{{instance}} {{rev}} ({{source}})", "max by (instance, rev, source) "
-                  "(s2_config_info)")],
+                [
+                    (
+                        "{{instance}} {{rev}} ({{source}})",
+                        "max by (instance, rev, source) (s2_config_info)",
+                    )
+                ],
             ),
             (
                 "Config age and staleness",
@@ -248,8 +252,15 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def panel(panel_id: int, title: str, unit: str, description: str, queries: list[tuple[str, str]],
-          x: int, y: int) -> dict[str, Any]:
+def panel(
+    panel_id: int,
+    title: str,
+    unit: str,
+    description: str,
+    queries: list[tuple[str, str]],
+    x: int,
+    y: int,
+) -> dict[str, Any]:
     return {
         "id": panel_id,
         "type": "timeseries",
@@ -260,8 +271,12 @@ def panel(panel_id: int, title: str, unit: str, description: str, queries: list[
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
         "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr,
-             "legendFormat": legend}
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+            }
             for i, (legend, expr) in enumerate(queries)
         ],
     }
@@ -271,12 +286,21 @@ def dashboard() -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     next_id, y = 1, 0
     for row_title, row_panels in ROWS:
-        panels.append({"id": next_id, "type": "row", "title": row_title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        panels.append(
+            {
+                "id": next_id,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         next_id, y = next_id + 1, y + 1
         for i, (title, unit, description, queries) in enumerate(row_panels):
-            panels.append(panel(next_id, title, unit, description, queries, 6 * (i % 4),
-                                y + 8 * (i // 4)))
+            panels.append(
+                panel(next_id, title, unit, description, queries, 6 * (i % 4), y + 8 * (i // 4))
+            )
             next_id += 1
         y += 8 * ((len(row_panels) + 3) // 4)
     return {
@@ -292,14 +316,32 @@ def dashboard() -> dict[str, Any]:
         "time": {"from": "now-6h", "to": "now"},
         "templating": {
             "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus",
-                 "label": "Data source", "current": {}, "hide": 0},
-                {"name": "symbol", "type": "query", "label": "Symbol", "datasource": DATASOURCE,
-                 "query": {"query": "label_values(s2_stream_lag_seconds, symbol)",
-                           "refId": "symbol"},
-                 "definition": "label_values(s2_stream_lag_seconds, symbol)",
-                 "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-                 "current": {}, "sort": 1, "hide": 0},
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Data source",
+                    "current": {},
+                    "hide": 0,
+                },
+                {
+                    "name": "symbol",
+                    "type": "query",
+                    "label": "Symbol",
+                    "datasource": DATASOURCE,
+                    "query": {
+                        "query": "label_values(s2_stream_lag_seconds, symbol)",
+                        "refId": "symbol",
+                    },
+                    "definition": "label_values(s2_stream_lag_seconds, symbol)",
+                    "refresh": 2,
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "current": {},
+                    "sort": 1,
+                    "hide": 0,
+                },
             ]
         },
         "annotations": {"list": []},
