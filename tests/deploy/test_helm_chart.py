@@ -29,6 +29,13 @@ ALL_ON = {
 }
 
 
+def env_name(name: str) -> str:
+    """The variable a settings field is read from: its alias (a standard variable such as
+    OTEL_EXPORTER_OTLP_ENDPOINT), else S2_<NAME>."""
+    alias = EnvSettings.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else f"S2_{name.upper()}"
+
+
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     chart = helm_python.Chart.load(CHART)
     rendered = chart.render(values, name="s2", namespace="s2")
@@ -146,7 +153,7 @@ def test_secrets_come_from_a_secret_reference_and_never_inline() -> None:
 
 
 def test_every_variable_the_chart_sets_is_read_by_the_settings_model() -> None:
-    read = {f"S2_{name.upper()}" for name in EnvSettings.model_fields}
+    read = {env_name(name) for name in EnvSettings.model_fields}
     everything: dict[str, Any] = {
         "settings": {
             name: "x"
@@ -163,7 +170,12 @@ def test_every_setting_is_reachable_from_the_values() -> None:
     values = helm_python.Chart.load(CHART).values
     from_settings = set(values["settings"])
     from_secrets = {name.removeprefix("S2_").lower() for name in values["secrets"]["keys"]}
-    missing = set(EnvSettings.model_fields) - from_settings - from_secrets
+    reachable = (
+        {f"S2_{key.upper()}" for key in from_settings}
+        | set(values["secrets"]["keys"])
+        | set(values["extraEnv"])
+    )
+    missing = {env_name(name) for name in EnvSettings.model_fields} - reachable
     assert not missing, f"settings no value can set: {sorted(missing)}"
     assert from_secrets >= SECRET_SETTINGS
     assert not SECRET_SETTINGS & from_settings  # never a plain value
@@ -189,6 +201,16 @@ def test_the_schema_refuses_unknown_settings() -> None:
     chart = helm_python.Chart.load(CHART)
     with pytest.raises(helm_python.HelmValuesError):
         chart.validate_schema({**chart.values, "settings": {"symbol": "typo", "api_port": 8080}})
+    # An S2_* variable cannot bypass `settings` through extraEnv.
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema({**chart.values, "extraEnv": {"S2_SYMBOLS": "x"}})
+
+
+def test_extra_variables_reach_the_container() -> None:
+    docs = render({"extraEnv": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}})
+    configmap = of_kind(docs, "ConfigMap")["data"]
+    assert configmap["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert "OTEL_SERVICE_NAME" not in configmap
 
 
 def test_the_prometheus_rule_is_the_alerts_file() -> None:
