@@ -26,6 +26,8 @@ ALL_ON = {
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
     "persistence": {"enabled": True},
+    "bundle": {"rev": "r1"},
+    "extraEnv": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
 }
 
 
@@ -221,3 +223,37 @@ def test_the_prometheus_rule_is_the_alerts_file() -> None:
     monitor = of_kind(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_a_bundle_in_the_values_is_mounted_as_the_config_file(tmp_path: Path) -> None:
+    bundle = {"rev": "r7", "dqc": {"jump_lookback": 100}, "bounds": {"spread_bps_max": 250.5}}
+    docs = render({"bundle": bundle})
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    settings_map, bundle_map = maps["s2-s2-feature"]["data"], maps["s2-s2-feature-bundle"]["data"]
+    assert settings_map["S2_CONFIG_FILE"] == "/etc/s2/bundle.json"
+    main = container(docs)
+    [mount] = [m for m in main["volumeMounts"] if m["name"] == "bundle"]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/s2", True)
+    # The file the pod reads is a bundle the service accepts, equal to the values.
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle_map["bundle.json"])
+    from s2feature.service.settings import load_settings
+
+    settings = load_settings({**settings_map, "S2_CONFIG_FILE": str(path)})
+    assert settings.bundle.rev == "r7"
+    assert settings.bundle.dqc.jump_lookback == 100
+    assert settings.bundle.bounds.spread_bps_max == 250.5
+    # Without one, nothing is mounted and S2_CONFIG_FILE is not set.
+    plain = render()
+    assert "S2_CONFIG_FILE" not in of_kind(plain, "ConfigMap")["data"]
+
+
+def test_runbook_links_can_be_made_absolute() -> None:
+    docs = render(
+        {"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://ops.example/s2/"}}
+    )
+    rules = [r for g in of_kind(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert all(
+        r["annotations"]["runbook_url"].startswith("https://ops.example/s2/runbook.md#")
+        for r in rules
+    )
