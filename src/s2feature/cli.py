@@ -117,11 +117,16 @@ def _job_environment() -> JobEnvironment:
     """The job settings from the process's `S2_*` variables, read through `EnvSettings`."""
 
     from s2feature.jobs.cli_support import job_environment
-    from s2feature.service.settings import load_env_settings, store_settings_of
+    from s2feature.service.settings import (
+        bundle_overrides_of,
+        load_env_settings,
+        store_settings_of,
+    )
 
     raw = load_env_settings()
     store = store_settings_of(raw)
-    return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store)
+    overrides = bundle_overrides_of(raw)  # the service's S2_DQC_*/S2_REGIME_*: the same outputs
+    return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store, overrides)
 
 
 def cmd_recompute(args: argparse.Namespace) -> int:

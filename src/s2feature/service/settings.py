@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config.overrides import OVERRIDABLE, BundleOverrides, OverrideError
 from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 from s2feature.errors import ConfigurationError
@@ -67,6 +68,14 @@ class EnvSettings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, lt=65536)  # 0: any free port (tests)
     lag_degraded_ms: int = Field(60_000, gt=0)
+    # Overrides of the bundle's `dqc` and `regime` fields (`config/overrides.py`): unset keeps
+    # the bundle's value. Types and bounds are the bundle's, checked in `bundle_overrides_of`.
+    dqc_jump_lookback: str | None = None
+    dqc_jump_mad_multiplier: str | None = None
+    dqc_mad_floor_ratio: str | None = None
+    regime_frozen_below: str | None = None
+    regime_extreme_above: str | None = None
+    regime_reference_symbol: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -80,6 +89,12 @@ class EnvSettings(BaseSettings):
         "config_file",
         "config_url",
         "db_arango_uri",
+        "dqc_jump_lookback",
+        "dqc_jump_mad_multiplier",
+        "dqc_mad_floor_ratio",
+        "regime_frozen_below",
+        "regime_extreme_above",
+        "regime_reference_symbol",
         mode="before",
     )
     @classmethod
@@ -130,7 +145,23 @@ class Settings:
     log_level: str = "INFO"
 
 
+def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
+    """The `S2_DQC_*` and `S2_REGIME_*` overrides; `SettingsError` naming a bad variable."""
+    # From the bundle's fields, not from every `S2_DQC_*`/`S2_REGIME_*` name: other settings
+    # (of the regime job, say) may share the prefix without being bundle fields.
+    values = {
+        section: {name: getattr(raw, f"{section}_{name}", None) for name in model.model_fields}
+        for section, model in OVERRIDABLE.items()
+    }
+    try:
+        return BundleOverrides.of(values)
+    except OverrideError as exc:
+        variable = ENV_PREFIX + exc.field.replace(".", "_").upper()
+        raise SettingsError(f"{variable}: {str(exc).split(': ', 1)[1]}") from None
+
+
 def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
+    overrides = bundle_overrides_of(raw)
     try:
         return ConfigSourceSettings(
             url=raw.config_url,
@@ -138,6 +169,7 @@ def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
             poll_s=raw.config_poll_s,
             cache_path=raw.config_cache,
             timeout_s=raw.config_timeout_s,
+            overrides=overrides,
         )
     except ValueError as exc:  # an unusable URL
         raise SettingsError(f"S2_CONFIG_URL: {exc}") from None
@@ -219,6 +251,14 @@ def settings_of(raw: EnvSettings) -> Settings:
         bundle = load_bundle(raw.config_file) if raw.config_file else ConfigBundle()
     except BundleError as exc:
         raise SettingsError(f"S2_CONFIG_FILE: {exc}") from None
+    config = config_source_of(raw)
+    try:
+        bundle = config.overrides.apply(bundle)
+    except BundleError as exc:
+        # A check across fields (regime.frozen_below < regime.extreme_above) against the bundle
+        # at start; with a config service, its bundles are checked as they arrive.
+        if raw.config_url is None:
+            raise SettingsError(f"S2_DQC_*/S2_REGIME_* overrides: {exc}") from None
     if raw.block_ms * 3 >= raw.claim_idle_ms:
         # Stream leases are renewed between reads, three times per TTL.
         raise SettingsError(
@@ -256,6 +296,6 @@ def settings_of(raw: EnvSettings) -> Settings:
         checkpoint_ms=raw.checkpoint_ms,
         store=store_settings_of(raw),
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
-        config=config_source_of(raw),
+        config=config,
         log_level=raw.log_level,
     )
