@@ -4,6 +4,7 @@ what they count must be what the run did."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import sqlite3
@@ -178,15 +179,19 @@ def test_each_sampled_signal_has_one_trace_of_four_steps_joined_to_its_log_lines
             emitted_roots += 1
         assert sorted(steps) == sorted(expected)
         for step in steps.values():
-            assert step.parent is not None and root.context is not None
+            assert step.parent is not None
+            assert root.context is not None
             assert step.parent.span_id == root.context.span_id
-            assert root.start_time is not None and root.end_time is not None
-            assert step.start_time is not None and step.end_time is not None
+            assert root.start_time is not None
+            assert root.end_time is not None
+            assert step.start_time is not None
+            assert step.end_time is not None
             assert root.start_time <= step.start_time <= step.end_time <= root.end_time
         # fetch -> compute -> persist -> emit, in that order
         order = [steps[name] for name in expected]
-        for before, after in zip(order, order[1:], strict=False):
-            assert before.end_time is not None and after.start_time is not None
+        for before, after in itertools.pairwise(order):
+            assert before.end_time is not None
+            assert after.start_time is not None
             assert before.end_time <= after.start_time
     assert emitted_roots == service.emitted
 
@@ -279,7 +284,8 @@ def test_traces_are_exported_over_otlp_http(redis_server: RedisServer, tmp_path:
         tracer.shutdown()  # exports what is queued
     finally:
         receiver.close()
-    assert receiver.paths and set(receiver.paths) == {"/v1/traces"}
+    assert receiver.paths
+    assert set(receiver.paths) == {"/v1/traces"}
     spans = [
         span
         for request in receiver.requests
