@@ -139,6 +139,8 @@ def test_the_metrics_count_what_a_run_did(redis_server: RedisServer, tmp_path: P
     # DQC failures (the first hours lack the history the 1h features need) are counted once
     # per reason: at least one each.
     assert total(registry, "s2_dqc_failures_total") >= snapshots - emits
+    # Under the default realtime routing, exactly the snapshots passing DQC are emitted.
+    assert total(registry, "s2_dqc_failed_snapshots_total", symbol=symbol) == snapshots - emits
     assert total(registry, "s2_store_write_seconds_count") > 0
     assert total(registry, "s2_checkpoint_seconds_count") > 0
     assert total(registry, "s2_checkpoint_bytes", symbol=symbol) > 1000

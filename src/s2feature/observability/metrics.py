@@ -99,6 +99,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dqc_failed_snapshots = Counter(
+            "s2_dqc_failed_snapshots_total",
+            "Snapshots failing DQC (one count per snapshot, whatever its number of reasons)",
+            ["symbol", "window"],
+            registry=r,
+        )
         self.entries_rejected = Counter(
             "s2_entries_rejected_total",
             "Stream entries dropped by the event checks, one count per reason",
@@ -163,6 +169,9 @@ class SeriesMetrics:
         self.store_write = metrics.store_write
         self.checkpoint = metrics.checkpoint
         self.snapshots = {w: metrics.snapshots.labels(symbol, w) for w in windows}
+        self.dqc_failed_snapshots = {
+            w: metrics.dqc_failed_snapshots.labels(symbol, w) for w in windows
+        }
         self.emits = {w: metrics.emits.labels(symbol, w) for w in windows}
         self.compute_latency = {w: metrics.compute_latency.labels(w) for w in windows}
         self.end_to_end = {w: metrics.end_to_end_latency.labels(w) for w in windows}

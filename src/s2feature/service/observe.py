@@ -132,14 +132,19 @@ class BatchObserver:
         metrics.read.inc(len(out.ack_ids))
         read_at = out.read_at
         counts: dict[str, int] = {}
+        failed: dict[str, int] = {}
         latency = metrics.compute_latency
         for _, done, snapshots in out.produced:
             for snap in snapshots:
                 window = snap.window
                 counts[window] = counts.get(window, 0) + 1
+                if not snap.dqc.passed:
+                    failed[window] = failed.get(window, 0) + 1
                 latency[window].observe(done - read_at)
         for window, count in counts.items():
             metrics.snapshots[window].inc(count)
+        for window, count in failed.items():
+            metrics.dqc_failed_snapshots[window].inc(count)
         for event in out.events:  # DQC failures of snapshots and rejected entries
             if "signal_id" in event:
                 for reason in event["reasons"]:
