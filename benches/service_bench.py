@@ -264,9 +264,9 @@ class TimedObserver(BatchObserver):
         super().computed(out, realtime, persist_all)
         self.spent[0] += time.perf_counter() - started
 
-    def settled(self, out: Any, realtime: bool, persist_all: bool) -> None:
+    def settled(self, out: Any) -> None:
         started = time.perf_counter()
-        super().settled(out, realtime, persist_all)
+        super().settled(out)
         self.spent[0] += time.perf_counter() - started
 
     def flushed(self, acked: int, seconds: float, checkpoint_bytes: int | None) -> None:

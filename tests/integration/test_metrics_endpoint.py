@@ -3,12 +3,16 @@ published status values say, and `promtool check metrics` finds nothing to compl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from s2feature.api import ApiServer, create_app
 from s2feature.api.metrics import TaskCollector, counted_runner
 from s2feature.api.tasks import Progress, RecomputeRequest, TaskRegistry
+from s2feature.domain import SeriesId
 from s2feature.observability.metrics import Metrics
 from s2feature.service.status import (
     ConfigStatus,
@@ -27,6 +32,8 @@ from s2feature.service.status import (
     StreamStatus,
 )
 from s2feature.service.status_metrics import StatusCollector
+from tests.support import service_checks as checks
+from tests.support.redis_servers import wait_for
 
 NOW = 1_800_000_000.0
 # The names agreed for the dashboard and the alerts (docs/observability.md lists them).
@@ -183,3 +190,60 @@ def test_promtool_finds_nothing_to_complain_about(scrape: str, tmp_path: Path) -
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == ""
     assert done.stderr.strip() == ""
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_s2_feature_run_serves_its_metrics(redis_server: Any, tmp_path: Path) -> None:
+    """The running process: `/metrics` counts the entries it read, the lease it holds, and the
+    lag of its stream."""
+    series = SeriesId("binance", "fut", "BTCUSDT")
+    entries = checks.input_entries(series, checks.input_bars(series, 120, 5), 5)
+    checks.add_entries(redis_server.client(), series, entries)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S2_", "OTEL_"))}
+    env.update(
+        S2_SYMBOLS="binance:fut:BTCUSDT",
+        S2_REDIS_ADDRESSES=f"127.0.0.1:{redis_server.port}",
+        S2_API_PORT="0",
+        S2_DB_SQLITE_PATH=str(tmp_path / "s2.db"),
+        S2_LAKE_DIR=str(tmp_path / "lake"),
+        S2_CONFIG_CACHE=str(tmp_path / "config-cache.json"),
+    )
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "s2feature.cli", "run"], env=env, stderr=err)
+    try:
+
+        def url() -> str | None:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            for line in log_path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("event") == "api_listening":
+                    return str(record["url"])
+            return None
+
+        wait_for(lambda: url() is not None, timeout_s=60, what="the API")
+        scraped: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+
+        def read_everything() -> bool:
+            answer = httpx.get(f"{url()}/metrics", timeout=10)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/plain")
+            scraped.clear()
+            scraped.update(samples(answer.text))
+            btc = frozenset({("symbol", "BTCUSDT")})
+            return scraped.get(("s2_entries_acked_total", btc)) == len(entries)
+
+        wait_for(read_everything, timeout_s=120, what="every entry acked in /metrics")
+        btc = frozenset({("symbol", "BTCUSDT")})
+        assert scraped[("s2_entries_read_total", btc)] == len(entries)
+        assert scraped[("s2_lease_owned", btc)] == 1
+        assert scraped[("s2_stream_lag_seconds", btc)] > 0  # synthetic events of the past
+        assert scraped[("s2_config_info", frozenset({("rev", "default"), ("source", "defaults")}))]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -77,7 +77,7 @@ class BatchObserver:
                 for snap in snapshots:
                     self._log_snapshot(out, snap)
 
-    def settled(self, out: BatchOutputs, realtime: bool, persist_all: bool) -> None:
+    def settled(self, out: BatchOutputs) -> None:
         """The batch's writes and emits are confirmed."""
         metrics, now = self.metrics, time.perf_counter()
         if metrics is not None and out.emits:
@@ -95,10 +95,10 @@ class BatchObserver:
             times = BatchTimes((out.read_started, out.read_at), out.persist, emit)
             self.tracer.record(list(out.traced.values()), times)
         if snapshot_log.isEnabledFor(logging.DEBUG):
+            emitted = {(t0, window) for t0, window, _ in out.emits}
             for _, _, snapshots in out.produced:
                 for snap in snapshots:
-                    emitted = routing(snap, realtime, persist_all)[1]
-                    self._log_emit(out, snap, emitted)
+                    self._log_emit(out, snap, (snap.t0, snap.window) in emitted)
 
     def flushed(self, acked: int, seconds: float, checkpoint_bytes: int | None) -> None:
         """A checkpoint was written (when the state moved) and `acked` entries acked."""

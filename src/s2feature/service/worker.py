@@ -378,8 +378,7 @@ class SeriesWorker:
         self._unlaked.extend(out.bars)
         if out.last_id is not None:
             self._unsaved_id = out.last_id
-        mode = self.bundle.mode
-        self.observer.settled(out, mode.realtime, mode.persist_all)
+        self.observer.settled(out)
 
     def discard_unsettled(self) -> None:
         """Drop the last commit's unread reply (shutdown, or the stream was taken over): its
