@@ -23,6 +23,8 @@ from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import interval_ms
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
+from s2feature.observability.metrics import Metrics
+from s2feature.observability.tracing import SignalTracer, otlp_tracer_provider
 from s2feature.service.config_watch import ActiveBundle, ConfigWatcher
 from s2feature.service.health import HealthLimits
 from s2feature.service.process import quiet_garbage_collector, stop_on_signals
@@ -30,6 +32,7 @@ from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, SettingsError
 from s2feature.service.status import LoopStatus, Published
+from s2feature.service.status_metrics import StatusCollector
 from s2feature.store.base import Store
 from s2feature.store.factory import open_store
 from s2feature.streams.client import connect
@@ -81,9 +84,11 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
         settings.config, connect(settings.redis), validate=BundleGuard(settings.windows)
     )
     limits = HealthLimits(lag_degraded_ms=settings.api.lag_degraded_ms)
-    api = ApiServer(
-        create_app(loop_status, watcher.status, limits), settings.api.host, settings.api.port
-    )
+    metrics = Metrics(__version__)
+    metrics.registry.register(StatusCollector(loop_status, watcher.status, limits))
+    tracer = signal_tracer(settings)
+    app = create_app(loop_status, watcher.status, limits, metrics_registry=metrics.registry)
+    api = ApiServer(app, settings.api.host, settings.api.port)
     try:
         api.start()
     except ApiServerError as exc:
@@ -105,11 +110,29 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
                 stop=stop,
                 status=loop_status,
                 bundles=partial(_active_bundle, watcher.active),
+                metrics=metrics,
+                tracer=tracer,
             )
             return service.run(idle_exit_s=idle_exit_s, on_started=quiet_garbage_collector)
     finally:
         watcher.stop()
         api.stop()
+        if tracer is not None:
+            tracer.shutdown()  # exports the spans still queued
+
+
+def signal_tracer(settings: Settings) -> SignalTracer | None:
+    """Traces of `S2_TRACE_SAMPLE` of the signals, exported over OTLP/HTTP to
+    `OTEL_EXPORTER_OTLP_ENDPOINT`; None (no tracing, no cost) without an endpoint or at 0."""
+    if not settings.otlp_endpoint or settings.trace_sample <= 0.0:
+        return None
+    provider = otlp_tracer_provider(settings.otlp_endpoint, settings.trace_sample, __version__)
+    log.info(
+        "traces of %.4g of the signals exported over OTLP/HTTP",
+        settings.trace_sample,
+        extra={"event": "tracing", "sample": settings.trace_sample},
+    )
+    return SignalTracer(provider, settings.trace_sample)
 
 
 def _active_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle:

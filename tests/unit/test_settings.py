@@ -89,3 +89,27 @@ def test_a_wrong_password_is_not_retried() -> None:
 
     assert not is_retryable(redis.AuthenticationError("WRONGPASS"))
     assert is_retryable(redis.ConnectionError("reset"))
+
+
+def test_traces_are_off_without_an_endpoint_and_sampled_at_one_percent_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from s2feature.launcher import signal_tracer
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    settings = load_settings({"S2_SYMBOLS": "binance:fut:BTCUSDT"})
+    assert (settings.trace_sample, settings.otlp_endpoint) == (0.01, None)
+    assert signal_tracer(settings) is None  # no tracer: nothing on the loop's path
+    traced = load_settings(
+        {
+            "S2_SYMBOLS": "binance:fut:BTCUSDT",
+            "S2_TRACE_SAMPLE": "0.5",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        }
+    )
+    assert (traced.trace_sample, traced.otlp_endpoint) == (0.5, "http://127.0.0.1:4318")
+    tracer = signal_tracer(traced)
+    assert tracer is not None
+    tracer.shutdown()
+    with pytest.raises(SettingsError, match="S2_TRACE_SAMPLE"):
+        load_settings({"S2_SYMBOLS": "binance:fut:BTCUSDT", "S2_TRACE_SAMPLE": "1.5"})

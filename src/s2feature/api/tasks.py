@@ -214,6 +214,14 @@ class TaskRegistry:
         )
         return view
 
+    def state_counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state (finished ones as far as they are remembered)."""
+        counts: dict[TaskState, int] = {}
+        with self._lock:
+            for task in self._tasks.values():
+                counts[task.state] = counts.get(task.state, 0) + 1
+        return counts
+
     def get(self, task_id: str) -> TaskView | None:
         """The task's view, or None for an unknown (or forgotten) id."""
         with self._lock:

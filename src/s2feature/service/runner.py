@@ -24,6 +24,9 @@ from functools import partial
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
+from s2feature.observability.metrics import Metrics
+from s2feature.observability.tracing import SignalTracer
+from s2feature.service.observe import BatchObserver
 from s2feature.service.ownership import Ownership
 from s2feature.service.reads import Reader
 from s2feature.service.reporting import StatusReporter
@@ -51,7 +54,10 @@ class Service:
         stop: threading.Event | None = None,
         status: Published[LoopStatus] | None = None,
         bundles: Callable[[], ConfigBundle] | None = None,
+        metrics: Metrics | None = None,
+        tracer: SignalTracer | None = None,
     ) -> None:
+        """`metrics` (None: none kept) and `tracer` (None: no traces) observe the batches."""
         self.settings = settings
         self.client = client
         self.stop = stop or threading.Event()  # set to stop between batches
@@ -59,11 +65,19 @@ class Service:
         # The active config bundle, read once per batch (a config watcher swaps it whole).
         self.active_bundle = bundles or (lambda: settings.bundle)
         self.started = False
-        self.backoff = Backoff(self.stop, on_retry=self.publish_status)
+        self.backoff = Backoff(
+            self.stop,
+            on_retry=self.publish_status,
+            on_failure=None if metrics is None else metrics.retried,
+        )
         self.workers = {
             s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake)
             for s in settings.series
         }
+        for worker in self.workers.values():
+            symbol = worker.series.symbol
+            series_metrics = None if metrics is None else metrics.series(symbol, settings.windows)
+            worker.observer = BatchObserver(symbol, series_metrics, tracer)
         self.ownership = Ownership(
             self.workers, self.backoff, settings.claim_idle_ms, on_taken=self._take_over
         )
@@ -138,10 +152,11 @@ class Service:
     def _process(
         self, worker: SeriesWorker, entries: list[Entry], counts: dict[str, int] | None
     ) -> None:
+        read_at = time.perf_counter()  # the read that delivered `entries` has just returned
         bundle = self.active_bundle()
         if bundle is not worker.bundle:
             self._apply_bundle(worker, bundle)
-        outputs: BatchOutputs = worker.compute(entries, counts)
+        outputs: BatchOutputs = worker.compute(entries, counts, read_at)
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
         self.backoff.call("commit", partial(worker.commit, outputs))

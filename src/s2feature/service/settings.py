@@ -24,6 +24,8 @@ from s2feature.store.factory import StoreSettings
 from s2feature.streams.client import RedisSettings
 
 ENV_PREFIX = "S2_"
+# The OpenTelemetry variable of the exporter's endpoint, read under its standard name.
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 MAX_BATCH_SIZE = 200  # entries per XREADGROUP: bounds the latency one batch adds to the others
 
 
@@ -76,6 +78,8 @@ class EnvSettings(BaseSettings):
     regime_frozen_below: str | None = None
     regime_extreme_above: str | None = None
     regime_reference_symbol: str | None = None
+    trace_sample: float = Field(0.01, ge=0.0, le=1.0)
+    otlp_endpoint: str | None = Field(None, validation_alias=OTLP_ENDPOINT_ENV)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -95,6 +99,7 @@ class EnvSettings(BaseSettings):
         "regime_frozen_below",
         "regime_extreme_above",
         "regime_reference_symbol",
+        "otlp_endpoint",
         mode="before",
     )
     @classmethod
@@ -109,6 +114,8 @@ class EnvSettings(BaseSettings):
             for key, value in env.items()
             if key.upper().startswith(ENV_PREFIX)
         }
+        if OTLP_ENDPOINT_ENV in env:
+            values[OTLP_ENDPOINT_ENV] = env[OTLP_ENDPOINT_ENV]
         return cls.model_validate(values)
 
 
@@ -143,6 +150,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     config: ConfigSourceSettings = field(default_factory=ConfigSourceSettings)
     log_level: str = "INFO"
+    trace_sample: float = 0.01  # share of signals traced, when traces are exported
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; None: no traces
 
 
 def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
@@ -298,4 +307,6 @@ def settings_of(raw: EnvSettings) -> Settings:
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
         config=config,
         log_level=raw.log_level,
+        trace_sample=raw.trace_sample,
+        otlp_endpoint=raw.otlp_endpoint,
     )

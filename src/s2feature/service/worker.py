@@ -32,6 +32,8 @@ from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
+from s2feature.observability.tracing import TracedSignal
+from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
@@ -52,6 +54,16 @@ class BatchOutputs:
     last_id: str | None = None  # newest entry whose effects the state now holds
     snapshots: int = 0
     last: bytes | None = None  # the `feat:last` document as of this batch, when it emits
+    # Times of the batch's steps (`time.perf_counter()` seconds), for metrics and traces: the
+    # read that delivered the entries was sent at `read_started` and returned by `read_at`.
+    read_started: float = 0.0
+    read_at: float = 0.0
+    # (started, done, snapshots) of every base bar that produced snapshots; filled only when
+    # the observer reads it (`BatchObserver.timed`).
+    produced: list[tuple[float, float, list[Snapshot]]] = field(default_factory=list)
+    traced: dict[str, TracedSignal] = field(default_factory=dict)  # sampled, by signal_id
+    persist: tuple[float, float] | None = None  # the store write
+    emit_started: float | None = None  # the emit script sent
 
 
 def describe(stale: Iterable[StateKey]) -> str:
@@ -78,6 +90,9 @@ class SeriesWorker:
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
         self.emitted = 0  # new emits, replays not counted
         self.bundle = settings.bundle  # the active bundle: replaced between batches only
+        self.observer = BatchObserver(series.symbol)  # metrics, logs, traces: set by the service
+        # When the read that delivers the next batch was sent (`reads.Reader` stamps it).
+        self.read_started = time.perf_counter()
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -191,7 +206,10 @@ class SeriesWorker:
     # -- compute -------------------------------------------------------------------------------
 
     def compute(
-        self, entries: Sequence[Entry], deliveries: dict[str, int] | None = None
+        self,
+        entries: Sequence[Entry],
+        deliveries: dict[str, int] | None = None,
+        read_at: float | None = None,
     ) -> BatchOutputs:
         """Apply a batch in three stages: entries through the ingestor, then the base bars they
         finalised through the engine, then the snapshots to their outputs.
@@ -201,16 +219,31 @@ class SeriesWorker:
         now precede those of failing snapshots in the batch; they are upserted by distinct
         keys). Running each stage's code in one stretch keeps it hot in the CPU's caches: about
         a fifth faster than alternating between ingest, engine and routing on every entry.
+
+        `read_at` is when the read that delivered `entries` returned (`time.perf_counter()`,
+        now by default): the compute latency is measured from there.
         """
-        out = BatchOutputs()
+        out = BatchOutputs(read_started=self.read_started)
+        out.read_at = time.perf_counter() if read_at is None else read_at
         bars = self._ingest(entries, deliveries, out)
-        snapshots = [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
+        observer = self.observer
+        if observer.timed():
+            clock, snapshots, on_base_bar = time.perf_counter, [], self.engine.on_base_bar
+            for bar in bars:
+                started = clock()
+                produced = on_base_bar(bar)
+                if produced:
+                    out.produced.append((started, clock(), produced))
+                    snapshots.extend(produced)
+        else:
+            snapshots = [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
         mode = self.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
         if out.emits:
             # Taken now: the next batch may be computed before this one's commit is settled.
             out.last = self._last_document()
+        observer.computed(out, mode.realtime, mode.persist_all)
         return out
 
     def _ingest(
@@ -305,10 +338,15 @@ class SeriesWorker:
         """
         self.settle()  # the previous batch's emits come first
         if out.signals or out.events:
+            started = time.perf_counter()
             self.store.write_batch(out.signals, out.events)
+            out.persist = (started, time.perf_counter())
+            self.observer.stored(out.persist[1] - started)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
         sent = None
+        if out.emits:
+            out.emit_started = time.perf_counter()
         if out.emits and sends_ahead(self.io.client):
             keys, args = self.io.emit_request(
                 out.emits, self.settings.emit_maxlen, out.last, self.settings.last_ttl_s
@@ -340,6 +378,7 @@ class SeriesWorker:
         self._unlaked.extend(out.bars)
         if out.last_id is not None:
             self._unsaved_id = out.last_id
+        self.observer.settled(out)
 
     def discard_unsettled(self) -> None:
         """Drop the last commit's unread reply (shutdown, or the stream was taken over): its
@@ -357,6 +396,7 @@ class SeriesWorker:
         self.settle()
         if not self._unacked:
             return 0
+        checkpoint_bytes, started = None, time.perf_counter()
         if self._unlaked:
             # One lake part per checkpoint rather than per batch; an entry is acked only after
             # its base bars are in the lake, so a crash replays them from the stream.
@@ -364,8 +404,9 @@ class SeriesWorker:
             self._unlaked = []
         self.io.confirm_outputs()  # replicas hold the outputs before a checkpoint covers them
         if self._unsaved_id is not None:
-            self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
+            checkpoint_bytes = self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
         self.io.ack(self._unacked)
         acked = len(self._unacked)
         self._unacked, self._unsaved_id, self._flushed_at = [], None, now
+        self.observer.flushed(acked, time.perf_counter() - started, checkpoint_bytes)
         return acked

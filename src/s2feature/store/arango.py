@@ -35,6 +35,7 @@ from arango.exceptions import ArangoError, ArangoServerError, ServerConnectionEr
 from arango.http import DefaultHTTPClient, HTTPClient
 
 from s2feature.domain import WINDOWS
+from s2feature.redact import redact_urls
 from s2feature.store.base import (
     SIGNALS,
     STRATEGY_EVENTS,
@@ -117,7 +118,7 @@ def translate_arango_errors(action: str) -> Iterator[None]:
         raise
     except (ArangoError, OSError) as e:  # requests' exceptions are OSErrors too
         error_type = StoreUnavailable if is_retryable(e) else StoreError
-        raise error_type(f"arangodb {action}: {e}") from e
+        raise error_type(f"arangodb {action}: {redact_urls(str(e))}") from e
 
 
 def to_arango_document(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
