@@ -7,6 +7,8 @@ from s2feature.jobs.recompute import (
     RecomputePlan,
     RecomputeRequest,
     RecomputeResult,
+    Resume,
+    ResumeRefusedError,
     plan,
     run_recompute,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "RecomputePlan",
     "RecomputeRequest",
     "RecomputeResult",
+    "Resume",
+    "ResumeRefusedError",
     "plan",
     "run_recompute",
 ]
