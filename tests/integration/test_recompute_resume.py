@@ -24,6 +24,7 @@ from s2feature.jobs.tasks import TaskRegistry, TaskView
 from s2feature.lake.parquet import BarLake
 from s2feature.store.sqlite import SqliteStore
 from tests.support.market_gen import SeriesSpec, make_series
+from tests.support.recompute_runner import SteppedRunner
 from tests.support.redis_servers import wait_for
 
 SERIES = SeriesId("binance", "fut", "BTCUSDT")
@@ -219,3 +220,59 @@ def test_the_gap_fill_writes_only_the_missing_signals(
     assert set(after) == {d["signal_id"] for d in in_range}
     # Nothing already stored was written again.
     assert {i: after[i]["computed_at"] for i in kept} == kept
+
+
+def stored_task(task_id: str, owner: str, **changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "task_id": task_id,
+        "owner": owner,
+        "origin": "api",
+        "state": "running",
+        "request": {
+            "symbols": [SERIES.symbol],
+            "windows": ["1h"],
+            "from_ts": 0,
+            "to_ts": DAY_MS - 1,
+            "force": False,
+        },
+        "config_rev": None,
+        "batches_done": 0,
+        "batches_total": 1,
+        "signals_written": 0,
+        "signals_skipped": 0,
+        "errors": [],
+        "submitted_at": 0,
+        "started_at": None,
+        "finished_at": None,
+        "run_s": 0.0,
+    }
+    return doc | changes
+
+
+def test_only_the_owner_resumes_and_an_unreadable_task_is_interrupted(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s2.db")
+    other = stored_task("recomp-20250105-0001", "s2-b")
+    broken = stored_task("recomp-20250105-0002", "s2-a")
+    broken["request"]["windows"] = ["2m"]
+    for doc in (other, broken):
+        store.save_task(doc)
+    runner = SteppedRunner()
+    jan5_noon = 1_736_078_400.0  # 2025-01-05T12:00Z: the day of the stored ids
+    tasks = TaskRegistry(
+        runner, task_store=lambda: store, owner="s2-a", wall_clock=lambda: jan5_noon
+    )
+    tasks.start()
+    try:
+        wait_for(lambda: tasks.ready, timeout_s=30, what="the registry to open its store")
+        assert runner.started == []  # another owner's task is left to its owner
+        assert view_of(tasks, other["task_id"]).state == "running"  # answered from the store
+        refused = store.get_task(broken["task_id"])
+        assert refused is not None
+        assert refused["state"] == "interrupted"
+        assert "cannot be resumed: windows" in refused["errors"][0]
+        # Ids already stored, whoever took them, are not given again.
+        new = tasks.submit(RecomputeRequest((SERIES.symbol,), ("1h",), DAY_MS, 2 * DAY_MS - 1))
+        assert new.task_id == "recomp-20250105-0003"
+    finally:
+        tasks.close()
+        store.close()

@@ -170,7 +170,7 @@ class _Task:
     def view(self, now: float) -> TaskView:
         rate = eta = None
         ran = self.started is not None or self.run_s_before > 0
-        if ran:
+        if ran and self.state != "queued":  # a resumed task waiting its turn has no pace yet
             elapsed = self.elapsed(now)
             rate = self.signals_written / elapsed if elapsed > 0 else None
             done_here = self.batches_done - self.batches_before
