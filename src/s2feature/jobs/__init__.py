@@ -1,4 +1,6 @@
-"""Jobs that run beside the consumer loop: the recompute of a range from the lake (SPEC §10)."""
+"""Jobs that run beside the consumer loop (SPEC §10): the recompute of a range from the lake
+(`recompute`), its tasks kept in the store and resumed (`tasks`, `task_runner`), the scheduler of
+periodic jobs with its Redis run lock (`schedule`) and the hourly gap fill (`gap_fill`)."""
 
 from s2feature.jobs.recompute import (
     Batch,

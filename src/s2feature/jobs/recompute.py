@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 MODE: Final = "recompute"
+# Signals per store transaction of the job (a batch is written in chunks of this many).
+WRITE_CHUNK_ROWS: Final = 250
 # The lake knows symbols only; a symbol the caller gives no series for is recomputed as this.
 FALLBACK_VENUE: Final = "offline"
 FALLBACK_MARKET: Final = "spot"
@@ -246,7 +248,8 @@ def run_recompute(
     on which batches ran before it, as each symbol is computed from its warm-up start).
 
     `bundle` must be the one the plan was made for (its `rev` is the plan's `config_rev`). Each
-    batch is written with one `Store.write_batch`, then `progress` is called. At the end, also
+    batch is written in `Store.write_batch` calls of `WRITE_CHUNK_ROWS` signals, then
+    `progress` is called. At the end, also
     when interrupted, the task's FEATURE_RECOMPUTE event is upserted (`recompute_event_id`).
     Store errors propagate; batches already written stay written (rewriting them is harmless).
     """
@@ -288,8 +291,11 @@ def run_recompute(
             snaps = fresh
         computed_at = now_ms()
         rows: list[SignalRow] = [prepare_snapshot(s, MODE, computed_at) for s in snaps]
-        if rows:
-            store.write_batch(rows, [])
+        for start_row in range(0, len(rows), WRITE_CHUNK_ROWS):
+            # Short transactions: the service loop's writes to the same database wait at most
+            # one chunk's write, never a whole day's (1,752 rows for 1m,5m,1h).
+            store.write_batch(rows[start_row : start_row + WRITE_CHUNK_ROWS], [])
+            time.sleep(0)
         written += len(rows)
         done += 1
         progress(Progress(done, total, written, skipped, plan.config_rev))
