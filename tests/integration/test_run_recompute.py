@@ -173,3 +173,84 @@ def test_recompute_over_http_from_a_running_service_and_after_its_restart(
         assert second.stop() == 0
     text = log_path.read_text()
     assert TOKEN not in text  # the token is never logged
+
+
+def stored_running_task(task_id: str, from_ts: int, to_ts: int, config_rev: str) -> dict[str, Any]:
+    """The record a service leaves behind when it dies after the first of two batches."""
+    return {
+        "task_id": task_id,
+        "owner": "s2-e2e",
+        "origin": "api",
+        "state": "running",
+        "request": {
+            "symbols": [SERIES.symbol],
+            "windows": ["1h"],
+            "from_ts": from_ts,
+            "to_ts": to_ts,
+            "force": False,
+        },
+        "config_rev": config_rev,
+        "batches_done": 1,
+        "batches_total": 2,
+        "signals_written": 24,
+        "signals_skipped": 0,
+        "errors": [],
+        "submitted_at": 1_736_035_200_000,
+        "started_at": 1_736_035_200_100,
+        "finished_at": None,
+        "run_s": 0.5,
+    }
+
+
+def test_a_started_service_resumes_its_tasks_from_their_last_batch(
+    redis_server: RedisServer, tmp_path: Path, lake_dir: Path
+) -> None:
+    env = service_env(redis_server, tmp_path, lake_dir)
+    last = BarLake(lake_dir).last_close_time(SERIES.symbol)
+    assert last is not None
+    to_ts = last // DAY_MS * DAY_MS - 1
+    from_ts = to_ts - 2 * DAY_MS + 1
+    store = SqliteStore(tmp_path / "s2.db")
+    try:
+        store.save_task(stored_running_task("recomp-20250105-0001", from_ts, to_ts, "default"))
+        store.save_task(stored_running_task("recomp-20250105-0002", from_ts, to_ts, "old-rev"))
+    finally:
+        store.close()
+
+    service = Instance(env, tmp_path / "service.log")
+    try:
+
+        def state(task_id: str) -> dict[str, Any]:
+            answer = service.http.get(f"/features/recompute/{task_id}", headers=AUTH)
+            assert answer.status_code == 200, answer.text
+            result: dict[str, Any] = answer.json()
+            return result
+
+        def ended(task_id: str) -> bool:
+            answer = service.http.get(f"/features/recompute/{task_id}", headers=AUTH)
+            # 404 until the task registry has opened the store and loaded its tasks
+            return answer.status_code == 200 and answer.json()["state"] not in (
+                "queued",
+                "running",
+            )
+
+        wait_for(lambda: ended("recomp-20250105-0002"), timeout_s=SAFETY_S, what="both ended")
+        resumed, refused = state("recomp-20250105-0001"), state("recomp-20250105-0002")
+    finally:
+        assert service.stop() == 0
+    assert (resumed["state"], resumed["batches_done"], resumed["signals_written"]) == (
+        "done",
+        2,
+        24 + 24,
+    )
+    assert (refused["state"], refused["batches_done"]) == ("interrupted", 1)
+    assert "config rev changed from old-rev to default" in refused["errors"][0]
+    store = SqliteStore(tmp_path / "s2.db")
+    try:
+        # The first day's batch was done before the (simulated) crash: it is not run again.
+        assert store.query_signals(SERIES.symbol, "1h", from_ts, from_ts + DAY_MS - 1) == []
+        second_day = store.query_signals(SERIES.symbol, "1h", from_ts + DAY_MS, to_ts)
+        assert len(second_day) == 24
+        assert {s["mode"] for s in second_day} == {"recompute"}
+    finally:
+        store.close()
