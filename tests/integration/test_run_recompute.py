@@ -228,7 +228,7 @@ def test_a_started_service_resumes_its_tasks_from_their_last_batch(
 
         def ended(task_id: str) -> bool:
             answer = service.http.get(f"/features/recompute/{task_id}", headers=AUTH)
-            # 404 until the task registry has opened the store and loaded its tasks
+            # 503 until the task registry has opened the store and loaded its tasks
             return answer.status_code == 200 and answer.json()["state"] not in (
                 "queued",
                 "running",

@@ -199,6 +199,8 @@ def recompute_router(
         try:
             # A task this instance does not hold is read from the task store: off the loop.
             view: TaskView | None = await run_in_threadpool(tasks_of_instance.get, task_id)
+        except RegistryClosedError as exc:
+            raise ApiError.one(503, None, str(exc)) from exc
         except StoreError as exc:
             log.exception("cannot read a recompute task", extra={"event": "task_store_error"})
             raise ApiError.one(503, None, f"the task store cannot be reached: {exc}") from exc

@@ -372,12 +372,15 @@ class TaskRegistry:
 
     def get(self, task_id: str) -> TaskView | None:
         """The task's view, or None for an unknown id. A task this process does not hold is
-        looked up in the task store (StoreError when it cannot be read)."""
+        looked up in the task store (StoreError when it cannot be read; RegistryNotReadyError
+        before it is open, when the answer could not be known)."""
         with self._lock:
             task = self._tasks.get(task_id)
             if task is not None:
                 return task.view(self._monotonic())
             store = self._store
+            if store is None and not self._ready:
+                raise RegistryNotReadyError("the service is starting: its task store is not open")
         if store is None:
             return None
         doc = store.get_task(task_id)
