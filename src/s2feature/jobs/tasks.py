@@ -28,9 +28,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from s2feature.domain import DAY_MS
 from s2feature.jobs.recompute import (
@@ -39,6 +38,13 @@ from s2feature.jobs.recompute import (
     RecomputeRequest,
     Resume,
     ResumeRefusedError,
+)
+from s2feature.jobs.task_record import (
+    ACTIVE,
+    TaskRecord,
+    TaskState,
+    TaskView,
+    stored_view,
 )
 from s2feature.store.base import StoreError, TaskStore
 
@@ -56,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TaskState = Literal["queued", "running", "done", "failed", "interrupted"]
-ACTIVE: tuple[TaskState, ...] = ("queued", "running")
 _ID_ATTEMPTS = 10_000  # ids per day: `NNNN`
 
 
@@ -98,157 +102,6 @@ class RegistryNotReadyError(RegistryClosedError):
     """The task store is not open yet (the service is starting)."""
 
 
-@dataclass(frozen=True)
-class TaskView:
-    """A task's state as `GET /features/recompute/{task_id}` reports it.
-
-    `rate_per_s` is signals written per second of running; `eta_s` extrapolates the time per
-    batch finished in this run to the batches left (null before the first batch finishes and
-    once it ends).
-    """
-
-    task_id: str
-    state: TaskState
-    batches_done: int
-    batches_total: int
-    signals_written: int
-    rate_per_s: float | None
-    eta_s: float | None
-    errors: tuple[str, ...]
-
-
-def _request_doc(request: RecomputeRequest) -> dict[str, Any]:
-    return {
-        "symbols": list(request.symbols),
-        "windows": list(request.windows),
-        "from_ts": request.from_ts,
-        "to_ts": request.to_ts,
-        "force": request.force,
-    }
-
-
-def _request_of(doc: dict[str, Any]) -> RecomputeRequest:
-    return RecomputeRequest(
-        symbols=tuple(doc["symbols"]),
-        windows=tuple(doc["windows"]),
-        from_ts=int(doc["from_ts"]),
-        to_ts=int(doc["to_ts"]),
-        force=bool(doc["force"]),
-    )
-
-
-@dataclass
-class _Task:
-    task_id: str
-    request: RecomputeRequest
-    state: TaskState
-    batches_total: int
-    owner: str = ""
-    origin: str = "api"
-    batches_done: int = 0
-    signals_written: int = 0
-    signals_skipped: int = 0
-    config_rev: str | None = None
-    submitted_at: int = 0  # epoch ms
-    started_at: int | None = None
-    finished_at: int | None = None
-    run_s_before: float = 0.0  # seconds spent running before this process took the task up
-    batches_before: int = 0  # batches finished before this run began
-    started: float | None = None  # monotonic start of this run
-    finished: float | None = None
-    errors: list[str] = field(default_factory=list)
-
-    def elapsed(self, now: float) -> float:
-        if self.started is None:
-            return self.run_s_before
-        return (
-            self.run_s_before
-            + (self.finished if self.finished is not None else now)
-            - (self.started)
-        )
-
-    def view(self, now: float) -> TaskView:
-        rate = eta = None
-        ran = self.started is not None or self.run_s_before > 0
-        if ran and self.state != "queued":  # a resumed task waiting its turn has no pace yet
-            elapsed = self.elapsed(now)
-            rate = self.signals_written / elapsed if elapsed > 0 else None
-            done_here = self.batches_done - self.batches_before
-            if self.state == "running" and done_here > 0 and self.started is not None:
-                left = max(0, self.batches_total - self.batches_done)
-                eta = (now - self.started) / done_here * left
-        return TaskView(
-            task_id=self.task_id,
-            state=self.state,
-            batches_done=self.batches_done,
-            batches_total=self.batches_total,
-            signals_written=self.signals_written,
-            rate_per_s=rate,
-            eta_s=eta,
-            errors=tuple(self.errors),
-        )
-
-    def doc(self, now: float) -> dict[str, Any]:
-        """The stored form of the task."""
-        return {
-            "task_id": self.task_id,
-            "owner": self.owner,
-            "origin": self.origin,
-            "state": self.state,
-            "request": _request_doc(self.request),
-            "config_rev": self.config_rev,
-            "batches_done": self.batches_done,
-            "batches_total": self.batches_total,
-            "signals_written": self.signals_written,
-            "signals_skipped": self.signals_skipped,
-            "errors": list(self.errors),
-            "submitted_at": self.submitted_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "run_s": round(self.elapsed(now), 6),
-        }
-
-    @classmethod
-    def of_doc(cls, doc: dict[str, Any]) -> _Task:
-        """A stored task (RecomputeError when its request is no longer valid)."""
-        task = cls(
-            task_id=str(doc["task_id"]),
-            request=_request_of(doc["request"]),
-            state=doc["state"],
-            batches_total=int(doc["batches_total"]),
-            owner=str(doc.get("owner", "")),
-            origin=str(doc.get("origin", "api")),
-            batches_done=int(doc.get("batches_done", 0)),
-            signals_written=int(doc.get("signals_written", 0)),
-            signals_skipped=int(doc.get("signals_skipped", 0)),
-            config_rev=doc.get("config_rev"),
-            submitted_at=int(doc.get("submitted_at", 0)),
-            started_at=doc.get("started_at"),
-            finished_at=doc.get("finished_at"),
-            run_s_before=float(doc.get("run_s", 0.0)),
-            errors=[str(e) for e in doc.get("errors", [])],
-        )
-        task.batches_before = task.batches_done
-        return task
-
-
-def _stored_view(doc: dict[str, Any]) -> TaskView:
-    """The view of a task known only from the store (finished before a restart, or another
-    instance's): no ETA, the rate over its recorded running time."""
-    run_s = float(doc.get("run_s", 0.0))
-    written = int(doc.get("signals_written", 0))
-    return TaskView(
-        task_id=str(doc["task_id"]),
-        state=doc["state"],
-        batches_done=int(doc.get("batches_done", 0)),
-        batches_total=int(doc.get("batches_total", 0)),
-        signals_written=written,
-        rate_per_s=written / run_s if run_s > 0 else None,
-        eta_s=None,
-        errors=tuple(str(e) for e in doc.get("errors", [])),
-    )
-
-
 class TaskRegistry:
     """Accepts recompute tasks and runs them one at a time on its worker thread.
 
@@ -283,7 +136,7 @@ class TaskRegistry:
         self._retry_s = retry_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
         self._queue: list[str] = []
         self._day = ""
         self._counter = 0
@@ -348,7 +201,7 @@ class TaskRegistry:
             for task in self._tasks.values():
                 if task.state in ACTIVE and task.request.overlaps(request):
                     raise ScopeConflictError(task.task_id)
-            task = _Task(
+            task = TaskRecord(
                 "",
                 request,
                 "queued",
@@ -384,11 +237,11 @@ class TaskRegistry:
         if store is None:
             return None
         doc = store.get_task(task_id)
-        return None if doc is None else _stored_view(doc)
+        return None if doc is None else stored_view(doc)
 
     # ------------------------------------------------------------------ ids and memory
 
-    def _take_id(self, task: _Task) -> None:
+    def _take_id(self, task: TaskRecord) -> None:
         """Give `task` the next free id of its day; with a store, by inserting it."""
         day = datetime.fromtimestamp(self._wall_clock(), UTC).strftime("%Y%m%d")
         if day != self._day:
@@ -410,14 +263,14 @@ class TaskRegistry:
         for task_id in finished[: max(0, len(finished) - self._keep_finished)]:
             del self._tasks[task_id]
 
-    def _end(self, task: _Task, state: TaskState, error: str | None = None) -> None:
+    def _end(self, task: TaskRecord, state: TaskState, error: str | None = None) -> None:
         task.state = state
         task.finished = self._monotonic() if task.started is not None else None
         task.finished_at = int(self._wall_clock() * 1000)
         if error is not None:
             task.errors.append(error)
 
-    def _save(self, task: _Task) -> None:
+    def _save(self, task: TaskRecord) -> None:
         """Store the task as it is now (on the worker thread; a no-op without a store)."""
         store = self._store
         if store is None:
@@ -460,9 +313,9 @@ class TaskRegistry:
             self._wake.notify_all()
         return True
 
-    def _resumable(self, doc: dict[str, Any], store: TaskStore) -> _Task | None:
+    def _resumable(self, doc: dict[str, Any], store: TaskStore) -> TaskRecord | None:
         try:
-            task = _Task.of_doc(doc)
+            task = TaskRecord.of_doc(doc)
         except (RecomputeError, KeyError, TypeError, ValueError) as exc:
             doc = {**doc, "state": "interrupted"}
             doc["errors"] = [*doc.get("errors", []), f"cannot be resumed: {exc}"]
@@ -513,7 +366,7 @@ class TaskRegistry:
                     extra={"event": "recompute_failed", "task_id": task.task_id},
                 )
 
-    def _run(self, task: _Task) -> None:
+    def _run(self, task: TaskRecord) -> None:
         log.info(
             "recompute task %s running",
             task.task_id,
@@ -559,7 +412,7 @@ class TaskRegistry:
         self._finish(task, "done")
 
     def _finish(
-        self, task: _Task, state: TaskState, error: str | None = None, exc_info: bool = False
+        self, task: TaskRecord, state: TaskState, error: str | None = None, exc_info: bool = False
     ) -> None:
         with self._lock:
             self._end(task, state, error)
