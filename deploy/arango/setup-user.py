@@ -1,8 +1,8 @@
 """Set up ArangoDB for the S2 feature service with least privilege (SPEC §13).
 
-As an administrator, creates (when missing) the service's database, its collections `signals` and
-`strategy_events` with the store's indexes, and a user that can read and write those two
-collections and nothing else; then reads the effective permissions back and fails if any is
+As an administrator, creates (when missing) the service's database, its collections `signals`,
+`strategy_events` and `recompute_tasks` with the store's indexes, and a user that can read and
+write those three collections and nothing else; then reads the effective permissions back and fails if any is
 wider. Idempotent: run it again after an upgrade or to reset a user's grants.
 
     ARANGO_ADMIN_PASSWORD=... S2_DB_ARANGO_PASSWORD=... \\
@@ -18,7 +18,7 @@ So the user gets:
 - `*` (every database) and `_system`: none;
 - the service database: `ro` (it can open it, not change its collections);
 - that database's `*` collection default: none (a collection added later stays closed);
-- `signals` and `strategy_events`: `rw`.
+- `signals`, `strategy_events` and `recompute_tasks`: `rw`.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from arango.client import ArangoClient
 from arango.database import StandardDatabase
 
 from s2feature.store.arango import INDEXES
-from s2feature.store.base import SIGNALS, STRATEGY_EVENTS
+from s2feature.store.base import RECOMPUTE_TASKS, SIGNALS, STRATEGY_EVENTS
 
 Level = Literal["rw", "ro", "none"]
-COLLECTIONS: Final = (SIGNALS, STRATEGY_EVENTS)
+COLLECTIONS: Final = (SIGNALS, STRATEGY_EVENTS, RECOMPUTE_TASKS)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """`s2-feature run` put together: the process around the service loop.
 
 Order at start: JSON logging; stop on SIGTERM/SIGINT; the HTTP server (`/health` answers from
-the first moment, DOWN with its reason until the loop runs); the config watcher; the store
-(retried with backoff while it cannot be reached: a pod must not crash-loop while its database
-starts); an approved config bundle (the loop does not consume on an unapproved one: it waits,
-with `/health` saying why); then the loop, which keeps the main thread. Whatever way the loop
-ends, its leases are released, and the watcher, the HTTP server and the store are closed.
+the first moment, DOWN with its reason until the loop runs; the recompute routes with their task
+registry, which opens its own store connection and resumes the stored tasks on its thread); the
+config watcher; the store (retried with backoff while it cannot be reached: a pod must not
+crash-loop while its database starts); an approved config bundle (the loop does not consume on an
+unapproved one: it waits, with `/health` saying why); then the loop, which keeps the main thread,
+and, once it has started, the scheduler of the hourly gap fill. Whatever way the loop ends, its
+leases are released, and the scheduler, the watcher, the HTTP server (and with it the recompute
+tasks) and the stores are closed.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ from functools import partial
 
 from s2feature import __version__
 from s2feature.api import ApiServer, ApiServerError, create_app
+from s2feature.api.metrics import TaskCollector, counted_runner
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import interval_ms
+from s2feature.jobs.gap_fill import JOB_NAME as GAP_FILL
+from s2feature.jobs.gap_fill import GapFill
+from s2feature.jobs.schedule import HOUR_MS, Every, RedisRunLock, Scheduler
+from s2feature.jobs.task_runner import LakeRecomputeRunner, SharedStore
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
 from s2feature.observability.metrics import Metrics
@@ -87,8 +96,22 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
     metrics = Metrics(__version__)
     metrics.registry.register(StatusCollector(loop_status, watcher.status, limits))
     tracer = signal_tracer(settings)
-    app = create_app(loop_status, watcher.status, limits, metrics_registry=metrics.registry)
+    lake = BarLake(settings.lake_dir)
+    job_store = SharedStore(partial(open_store, settings.store))
+    tasks = _task_registry(settings, job_store, lake, watcher.active, metrics)
+    metrics.registry.register(TaskCollector(tasks))
+    token = settings.api.token.get_secret_value() if settings.api.token else None
+    app = create_app(
+        loop_status,
+        watcher.status,
+        limits,
+        api_token=token,
+        tasks=tasks,
+        known_symbols=lambda: set(lake.symbols()),
+        metrics_registry=metrics.registry,
+    )
     api = ApiServer(app, settings.api.host, settings.api.port)
+    scheduler = _scheduler(settings, tasks, lake, loop_status)
     try:
         api.start()
     except ApiServerError as exc:
@@ -113,10 +136,17 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
                 metrics=metrics,
                 tracer=tracer,
             )
-            return service.run(idle_exit_s=idle_exit_s, on_started=quiet_garbage_collector)
+
+            def started() -> None:
+                quiet_garbage_collector()
+                scheduler.start()
+
+            return service.run(idle_exit_s=idle_exit_s, on_started=started)
     finally:
+        scheduler.stop()
         watcher.stop()
-        api.stop()
+        api.stop()  # its shutdown closes the task registry (the running task stops)
+        job_store.close()
         if tracer is not None:
             tracer.shutdown()  # exports the spans still queued
 
@@ -133,6 +163,44 @@ def signal_tracer(settings: Settings) -> SignalTracer | None:
         extra={"event": "tracing", "sample": settings.trace_sample},
     )
     return SignalTracer(provider, settings.trace_sample)
+
+
+def _task_registry(
+    settings: Settings,
+    job_store: SharedStore,
+    lake: BarLake,
+    active: Published[ActiveBundle | None],
+    metrics: Metrics,
+) -> TaskRegistry:
+    """The recompute tasks: run from the lake into the store under the active bundle, stored
+    under this consumer's name so that its restart resumes them; counted in the metrics."""
+
+    def bundle() -> ConfigBundle | None:
+        value = active.get()
+        return None if value is None else value.bundle
+
+    series = {s.symbol: s for s in settings.series}
+    runner = counted_runner(LakeRecomputeRunner(job_store, lake, bundle, series), metrics)
+    return TaskRegistry(runner, task_store=job_store, owner=settings.consumer)
+
+
+def _scheduler(
+    settings: Settings, tasks: TaskRegistry, lake: BarLake, loop_status: Published[LoopStatus]
+) -> Scheduler:
+    """The scheduled jobs: the hourly gap fill of the symbols whose streams this instance
+    consumes (`S2_RECOMPUTE_LOOKBACK`; 0 turns it off)."""
+    scheduler = Scheduler(RedisRunLock(connect(settings.redis), owner=settings.consumer))
+    if settings.recompute_lookback_ms > 0:
+
+        def owned() -> list[str]:
+            streams = loop_status.get().streams
+            return [
+                s.symbol for s in settings.series if s.symbol in streams and streams[s.symbol].owned
+            ]
+
+        fill = GapFill(tasks, owned, lake, settings.windows, settings.recompute_lookback_ms)
+        scheduler.register(GAP_FILL, Every(HOUR_MS), fill, once=False)
+    return scheduler
 
 
 def _active_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle:

@@ -32,7 +32,7 @@ def script() -> ModuleType:
     return module
 
 
-def test_the_plan_opens_the_two_collections_and_closes_every_wildcard() -> None:
+def test_the_plan_opens_the_store_collections_and_closes_every_wildcard() -> None:
     setup = script()
     grants = [(g.database, g.collection, g.level) for g in setup.plan("s2")]
     assert grants == [
@@ -42,6 +42,7 @@ def test_the_plan_opens_the_two_collections_and_closes_every_wildcard() -> None:
         ("s2", None, "ro"),
         ("s2", "signals", "rw"),
         ("s2", "strategy_events", "rw"),
+        ("s2", "recompute_tasks", "rw"),
     ]
     # never rw at the database level: that would let the user create and drop collections
     assert not [g for g in setup.plan("s2") if g.collection is None and g.level == "rw"]

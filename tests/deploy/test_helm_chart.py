@@ -18,10 +18,9 @@ from s2feature.service.settings import EnvSettings
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "s2-feature"
 KUBE_VERSION = "1.32"
-# Variables the chart sets that EnvSettings does not read: the API token is read by the HTTP
-# app's own wiring (api/auth.py).
-READ_ELSEWHERE = {"S2_API_TOKEN"}
-SECRET_SETTINGS = {"redis_password", "db_arango_password"}
+# Variables the chart sets that EnvSettings does not read (none today).
+READ_ELSEWHERE: set[str] = set()
+SECRET_SETTINGS = {"redis_password", "db_arango_password", "api_token"}
 ALL_ON = {
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},

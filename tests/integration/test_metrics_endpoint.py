@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from s2feature.api import ApiServer, create_app
 from s2feature.api.metrics import TaskCollector, counted_runner
-from s2feature.api.tasks import Progress, RecomputeRequest, TaskRegistry
 from s2feature.domain import SeriesId
+from s2feature.jobs.recompute import Progress, RecomputeRequest, Resume
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.observability.metrics import Metrics
 from s2feature.service.status import (
     ConfigStatus,
@@ -67,18 +67,17 @@ AGREED = (
 )
 
 
-def promtool() -> str | None:
-    """`promtool` from `PROMTOOL` or the PATH (Debian's `prometheus` package ships it)."""
-    return os.environ.get("PROMTOOL") or shutil.which("promtool")
-
-
 def runner(
-    request: RecomputeRequest, task_id: str, progress: Progress, stop: threading.Event
+    request: RecomputeRequest,
+    task_id: str,
+    progress: Callable[[Progress], None],
+    stop: threading.Event,
+    resume: Resume,
 ) -> int:
     if request.symbols == ("FAILS",):
         raise RuntimeError("no lake")
-    progress(1, 2, 30)
-    progress(2, 2, 70)
+    progress(Progress(1, 2, 30))
+    progress(Progress(2, 2, 70))
     return 70
 
 
@@ -175,12 +174,9 @@ def test_the_gauges_say_what_the_status_says(scrape: str) -> None:
     assert got[("s2_recompute_tasks", frozenset({("state", "queued")}))] == 0
 
 
-@pytest.mark.skipif(promtool() is None, reason="promtool is not installed (set PROMTOOL)")
-def test_promtool_finds_nothing_to_complain_about(scrape: str, tmp_path: Path) -> None:
-    binary = promtool()
-    assert binary is not None
+def test_promtool_finds_nothing_to_complain_about(scrape: str, promtool: Path) -> None:
     done = subprocess.run(
-        [binary, "check", "metrics"],
+        [promtool, "check", "metrics"],
         input=scrape,
         capture_output=True,
         text=True,

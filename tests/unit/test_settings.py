@@ -113,3 +113,26 @@ def test_traces_are_off_without_an_endpoint_and_sampled_at_one_percent_by_defaul
     tracer.shutdown()
     with pytest.raises(SettingsError, match="S2_TRACE_SAMPLE"):
         load_settings({"S2_SYMBOLS": "binance:fut:BTCUSDT", "S2_TRACE_SAMPLE": "1.5"})
+
+
+def test_the_api_token_is_a_secret_and_empty_means_unset() -> None:
+    settings = load_settings({**BASE, "S2_API_TOKEN": "t0ps3cret"})
+    assert settings.api.token is not None
+    assert settings.api.token.get_secret_value() == "t0ps3cret"
+    assert "t0ps3cret" not in repr(settings)
+    assert load_settings(BASE).api.token is None
+    assert load_settings({**BASE, "S2_API_TOKEN": "  "}).api.token is None
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("2h", 7_200_000), ("90m", 5_400_000), ("45s", 45_000), ("1d", 86_400_000), ("0", 0)],
+)
+def test_the_recompute_lookback_is_a_duration(text: str, ms: int) -> None:
+    assert load_settings({**BASE, "S2_RECOMPUTE_LOOKBACK": text}).recompute_lookback_ms == ms
+
+
+def test_the_recompute_lookback_defaults_to_two_hours_and_a_bad_one_is_named() -> None:
+    assert load_settings(BASE).recompute_lookback_ms == 7_200_000
+    with pytest.raises(SettingsError, match="S2_RECOMPUTE_LOOKBACK"):
+        load_settings({**BASE, "S2_RECOMPUTE_LOOKBACK": "two hours"})

@@ -33,7 +33,7 @@ from s2feature.api.schemas import (
     ReadyBody,
     StreamCheck,
 )
-from s2feature.api.tasks import TaskRegistry
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.service.health import (
     Finding,
     Health,

@@ -7,14 +7,15 @@ each app (and each test) exposes exactly its own metrics.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from s2feature.api.tasks import Progress, RecomputeRequest, Runner, TaskRegistry, TaskState
+from s2feature.jobs.recompute import Progress, RecomputeRequest, Resume
+from s2feature.jobs.tasks import Runner, TaskRegistry, TaskState
 from s2feature.observability.metrics import Metrics
 
 TASK_STATES: tuple[TaskState, ...] = ("queued", "running", "done", "failed", "interrupted")
@@ -53,19 +54,25 @@ def counted_runner(runner: Runner, metrics: Metrics) -> Runner:
     and the tasks it fails (`s2_recompute_task_failures_total`)."""
 
     def run(
-        request: RecomputeRequest, task_id: str, progress: Progress, stop: threading.Event
+        request: RecomputeRequest,
+        task_id: str,
+        progress: Callable[[Progress], None],
+        stop: threading.Event,
+        resume: Resume,
     ) -> int:
-        counted = 0
+        # Counts are cumulative over a task's runs: a resumed task's earlier runs are not counted
+        # again by this process.
+        counted = resume.signals_written
 
-        def counting(batches_done: int, batches_total: int, signals_written: int) -> None:
+        def counting(p: Progress) -> None:
             nonlocal counted
-            if signals_written > counted:
-                metrics.recompute_signals.inc(signals_written - counted)
-                counted = signals_written
-            progress(batches_done, batches_total, signals_written)
+            if p.signals_written > counted:
+                metrics.recompute_signals.inc(p.signals_written - counted)
+                counted = p.signals_written
+            progress(p)
 
         try:
-            written = runner(request, task_id, counting, stop)
+            written = runner(request, task_id, counting, stop, resume)
         except Exception:
             metrics.recompute_task_failures.inc()
             raise

@@ -5,6 +5,7 @@ message naming the variable (`SettingsError`, exit code 2 in the CLI).
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,15 @@ class EnvSettings(BaseSettings):
     regime_reference_symbol: str | None = None
     trace_sample: float = Field(0.01, ge=0.0, le=1.0)
     otlp_endpoint: str | None = Field(None, validation_alias=OTLP_ENDPOINT_ENV)
+    # The bearer token of the /features/* routes; unset or empty: those routes answer 503.
+    api_token: SecretStr | None = None
+    recompute_lookback: str = "2h"
+
+    @field_validator("recompute_lookback")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration_ms(value)  # ValueError names the format
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -100,6 +110,7 @@ class EnvSettings(BaseSettings):
         "regime_extreme_above",
         "regime_reference_symbol",
         "otlp_endpoint",
+        "api_token",
         mode="before",
     )
     @classmethod
@@ -119,11 +130,24 @@ class EnvSettings(BaseSettings):
         return cls.model_validate(values)
 
 
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """`2h`, `90m`, `45s`, `1d`, `500ms`, or a plain number of milliseconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"expected a duration like 2h, 90m, 45s, 1d or milliseconds, got {text!r}")
+    return int(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     lag_degraded_ms: int = 60_000
+    token: SecretStr | None = None  # SecretStr: printing the settings never shows it
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,8 @@ class Settings:
     log_level: str = "INFO"
     trace_sample: float = 0.01  # share of signals traced, when traces are exported
     otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; None: no traces
+    # The hourly gap fill recomputes this much before each full hour (0: no hourly gap fill).
+    recompute_lookback_ms: int = 7_200_000
 
 
 def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
@@ -304,9 +330,10 @@ def settings_of(raw: EnvSettings) -> Settings:
         claim_idle_ms=raw.claim_idle_ms,
         checkpoint_ms=raw.checkpoint_ms,
         store=store_settings_of(raw),
-        api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
+        api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms, raw.api_token),
         config=config,
         log_level=raw.log_level,
         trace_sample=raw.trace_sample,
         otlp_endpoint=raw.otlp_endpoint,
+        recompute_lookback_ms=parse_duration_ms(raw.recompute_lookback),
     )
