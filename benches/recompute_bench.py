@@ -17,6 +17,8 @@ Targets (issue 9): the recompute in <= 5 s and <= 3x the script's time.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import tempfile
 import time
@@ -58,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--days", type=int, default=90)
+    parser.add_argument(
+        "--profile", action="store_true", help="one extra recompute under cProfile: top functions"
+    )
     args = parser.parse_args()
     arguments = "".join(f" {a}" for a in sys.argv[1:])
     print(f"\ncommand: uv run python benches/recompute_bench.py{arguments}  (make bench)")
@@ -93,6 +98,12 @@ def main() -> None:
             f"ratio recompute / script: {ratio:.2f}x "
             f"(target <= 3x: {'met' if ratio <= 3 else 'NOT met'})"
         )
+        if args.profile:
+            profiler = cProfile.Profile()
+            with profiler:
+                recompute_once(data, workdir / "profiled.db")
+            print("\nthe recompute under cProfile (its cost included), by cumulative time:")
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
 
 
 if __name__ == "__main__":

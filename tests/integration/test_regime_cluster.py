@@ -8,13 +8,13 @@ from pathlib import Path
 
 from s2feature.jobs.regime import REGIME_KEY, run_regime
 from tests.support.redis_cluster import RedisClusterHarness
-from tests.unit.test_regime import HOURLY, _calm_tail_lake
+from tests.support.regime_lake import HOURLY, calm_tail_lake
 
 
 def test_rev_increases_through_the_cluster_client(
     tmp_path: Path, redis_cluster: RedisClusterHarness
 ) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     client = redis_cluster.client()
     try:
         assert run_regime(at, HOURLY, lake, client).rev == 1

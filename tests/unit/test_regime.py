@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import DAY_MS, HOUR_MS, Bar
+from s2feature.domain import DAY_MS, HOUR_MS
 from s2feature.jobs.regime import (
     EXPIRY_GRACE_MS,
     REGIME_KEY,
@@ -37,38 +36,16 @@ from s2feature.jobs.regime import (
     read_regime_state,
     run_regime,
 )
-from s2feature.lake.parquet import BarLake
 from tests.support.redis_servers import RedisServer
-
-SYMBOL = "BTCUSDT"
-A, B = 0.01, 0.002
-DAYS = 31
-START = 1_704_067_200_000  # 2024-01-01T00:00Z
-HOURLY = ConfigBundle(rev="regime-test", base_interval="1h")
-
-
-def _bars(first_open: int, returns: list[float]) -> list[Bar]:
-    bars, price = [], 100.0
-    for i in range(len(returns) + 1):
-        if i:
-            price *= math.exp(returns[i - 1])
-        t = first_open + i * HOUR_MS
-        bars.append(Bar(t, t + HOUR_MS - 1, price, price, price, price, 1.0))
-    return bars
-
-
-def _alternating(magnitude: float, count: int) -> list[float]:
-    return [magnitude if i % 2 == 0 else -magnitude for i in range(count)]
-
-
-def _calm_tail_lake(root: Path, low_returns: int, days: int = DAYS) -> tuple[BarLake, int]:
-    """A lake of `days` days of hourly bars (see the module doc); returns it and the last close."""
-    n_returns = days * 24 - 1
-    returns = _alternating(A, n_returns - low_returns) + _alternating(B, low_returns)
-    bars = _bars(START, returns)
-    lake = BarLake(root)
-    lake.append(SYMBOL, bars)
-    return lake, bars[-1].close_time
+from tests.support.regime_lake import (
+    HOURLY,
+    START,
+    SYMBOL,
+    B,
+    alternating,
+    bars_of,
+    calm_tail_lake,
+)
 
 
 @pytest.fixture
@@ -83,7 +60,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def test_hand_derived_percentile_and_label(
     tmp_path: Path, client: redis.Redis, low_returns: int, label: str
 ) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", low_returns)
+    lake, at = calm_tail_lake(tmp_path / "lake", low_returns)
     result = run_regime(at, HOURLY, lake, client)
     assert result.status == "written", result.reason
     assert result.samples == 720
@@ -105,10 +82,10 @@ def test_hand_derived_percentile_and_label(
 
 
 def test_bars_after_the_run_time_change_nothing(tmp_path: Path, client: redis.Redis) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     before = run_regime(at, HOURLY, lake, client)
     # A violent day after `at`: if any of it were read, rv_1d and the percentile would jump.
-    later = _bars(at + 1, _alternating(0.5, 30))
+    later = bars_of(at + 1, alternating(0.5, 30))
     lake.append(SYMBOL, later)
     after = run_regime(at, HOURLY, lake, client)
     assert (after.rv_1d, after.pctile, after.regime, after.samples) == (
@@ -127,7 +104,7 @@ def test_too_little_history_writes_nothing(
 ) -> None:
     # 27 days: the samples at bars 22..647 see a full-enough day (22 of 24 returns): 626
     # non-null hourly samples, below 90% of 720 (648).
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59, days=27)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59, days=27)
     result = run_regime(at, HOURLY, lake, client)
     assert result.status == "insufficient_history"
     assert result.samples == 626
@@ -137,12 +114,12 @@ def test_too_little_history_writes_nothing(
     assert client.get(REGIME_KEY) is None
     assert any(getattr(r, "event", None) == "regime_skip" for r in caplog.records)
     # 28 days are enough: 650 samples.
-    lake28, at28 = _calm_tail_lake(tmp_path / "lake28", 59, days=28)
+    lake28, at28 = calm_tail_lake(tmp_path / "lake28", 59, days=28)
     assert run_regime(at28, HOURLY, lake28, client).written
 
 
 def test_unknown_reference_symbol_writes_nothing(tmp_path: Path, client: redis.Redis) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     other = HOURLY.with_overrides(regime={"reference_symbol": "ETHUSDT"})
     result = run_regime(at, other, lake, client)
     assert result.status == "insufficient_history"
@@ -153,7 +130,7 @@ def test_unknown_reference_symbol_writes_nothing(tmp_path: Path, client: redis.R
 def test_rev_increases_with_each_write_and_never_goes_back_in_time(
     tmp_path: Path, client: redis.Redis
 ) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     assert run_regime(at, HOURLY, lake, client).rev == 1
     assert run_regime(at, HOURLY, lake, client).rev == 2
     earlier = run_regime(at - HOUR_MS, HOURLY, lake, client)
@@ -167,7 +144,7 @@ def test_rev_increases_with_each_write_and_never_goes_back_in_time(
 def test_concurrent_writers_get_distinct_consecutive_revs(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     revs: list[int] = []
     lock = threading.Lock()
 
@@ -188,7 +165,7 @@ def test_concurrent_writers_get_distinct_consecutive_revs(
 
 
 def test_a_foreign_value_is_not_overwritten(tmp_path: Path, client: redis.Redis) -> None:
-    lake, at = _calm_tail_lake(tmp_path / "lake", 59)
+    lake, at = calm_tail_lake(tmp_path / "lake", 59)
     client.set(REGIME_KEY, "not json")
     with pytest.raises(RegimeStateError):
         run_regime(at, HOURLY, lake, client)
@@ -224,7 +201,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_writes_the_state_and_reports_too_little_history(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    _, at = _calm_tail_lake(tmp_path / "lake", 59)
+    _, at = calm_tail_lake(tmp_path / "lake", 59)
     config = tmp_path / "bundle.json"
     config.write_text(json.dumps({"rev": "cli-rev", "base_interval": "1h"}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("S2_")}
