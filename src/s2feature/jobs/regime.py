@@ -45,6 +45,7 @@ __all__ = [
     "RUN_OFFSET_MS",
     "RegimeResult",
     "RegimeStateError",
+    "compute_regime",
     "due",
     "next_due_ms",
     "previous_due_ms",
@@ -65,7 +66,7 @@ state before readers must treat it as stale."""
 # return needs the bar before; two base bars more cover any rounding of `at`.
 _HISTORY_MS: Final = PCTILE_SPAN_MS + DAY_MS
 
-Status = Literal["written", "insufficient_history", "stale"]
+Status = Literal["computed", "written", "insufficient_history", "stale"]
 
 # KEYS[1] the state key. ARGV[1] the JSON up to the rev value, ARGV[2] the JSON after it, ARGV[3]
 # the new state's ts. Returns {1, rev} when written, {0, stored rev, stored ts} when the stored
@@ -100,7 +101,7 @@ class RegimeResult:
 
     `status`: `written` (the state is in Redis under `rev`), `insufficient_history` (nothing
     written, `reason` says what is missing) or `stale` (computed, but the key holds a newer
-    state, `rev` is that state's).
+    state, `rev` is that state's); `computed` from `compute_regime`, which writes nothing.
     """
 
     status: Status
@@ -190,7 +191,7 @@ def _value(x: Any) -> float | None:
 
 
 def compute_regime(at_ms: int, bundle: ConfigBundle, lake: BarLake) -> RegimeResult:
-    """The regime as of `at_ms` from the lake, not yet written (`status` is `written` when the
+    """The regime as of `at_ms` from the lake, not written (`status` is `computed` when the
     values are complete, `insufficient_history` otherwise). Reads no bar closing after `at_ms`."""
     symbol = bundle.regime.reference_symbol
     base_ms = bundle.base_ms
@@ -218,7 +219,7 @@ def compute_regime(at_ms: int, bundle: ConfigBundle, lake: BarLake) -> RegimeRes
             f"before {at_ms} are non-null; the percentile needs {bundle.windows.coverage_min:.0%}"
         )
     return RegimeResult(
-        status="written" if reason is None else "insufficient_history",
+        status="computed" if reason is None else "insufficient_history",
         ts=at_ms,
         reference_symbol=symbol,
         config_rev=bundle.rev,
