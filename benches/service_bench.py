@@ -464,14 +464,21 @@ def listen(
 
 
 @contextlib.contextmanager
-def service_process(server: RedisServer, workdir: Path, profile_to: Path | None) -> Iterator[None]:
-    """`s2-feature run` in its own process, from the moment it blocks in XREADGROUP (restored,
-    claimed, drained, waiting for input) until SIGTERM (graceful: checkpoint, ack, exit 0)."""
-    command = [sys.executable, "-m", "s2feature.cli", "run"]
+def service_process(
+    server: RedisServer,
+    workdir: Path,
+    profile_to: Path | None,
+    command: Sequence[str] = ("-m", "s2feature.cli", "run"),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """`s2-feature run` (or the Python `command` that runs it) in its own process, from the
+    moment it blocks in XREADGROUP (restored, claimed, drained, waiting for input) until SIGTERM
+    (graceful: checkpoint, ack, exit 0)."""
+    command = [sys.executable, *command]
     if profile_to is not None:
         command[1:1] = ["-m", "cProfile", "-o", str(profile_to)]
     log = workdir / "service.log"
-    env = {**os.environ, **service_env(server, workdir, "bench-paced")}
+    env = {**os.environ, **service_env(server, workdir, "bench-paced"), **(extra_env or {})}
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=sink)
     admin = server.client(decode_responses=True)

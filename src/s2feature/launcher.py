@@ -17,17 +17,19 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 from s2feature import __version__
 from s2feature.api import ApiServer, ApiServerError, create_app
 from s2feature.api.metrics import TaskCollector, counted_runner
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import interval_ms
+from s2feature.domain import DAY_MS, interval_ms
 from s2feature.jobs.gap_fill import JOB_NAME as GAP_FILL
 from s2feature.jobs.gap_fill import GapFill
-from s2feature.jobs.schedule import HOUR_MS, Every, RedisRunLock, Scheduler
+from s2feature.jobs.regime import JOB_NAME as REGIME
+from s2feature.jobs.regime import RegimeJob
+from s2feature.jobs.schedule import HOUR_MS, MINUTE_MS, Every, RedisRunLock, Scheduler
 from s2feature.jobs.task_runner import LakeRecomputeRunner, SharedStore
 from s2feature.jobs.tasks import TaskRegistry
 from s2feature.lake.parquet import BarLake
@@ -111,7 +113,9 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
         metrics_registry=metrics.registry,
     )
     api = ApiServer(app, settings.api.host, settings.api.port)
-    scheduler = _scheduler(settings, tasks, lake, loop_status)
+    scheduler = _scheduler(
+        settings, tasks, lake, loop_status, partial(_approved_bundle, watcher.active)
+    )
     try:
         api.start()
     except ApiServerError as exc:
@@ -175,21 +179,25 @@ def _task_registry(
     """The recompute tasks: run from the lake into the store under the active bundle, stored
     under this consumer's name so that its restart resumes them; counted in the metrics."""
 
-    def bundle() -> ConfigBundle | None:
-        value = active.get()
-        return None if value is None else value.bundle
-
+    bundle = partial(_approved_bundle, active)
     series = {s.symbol: s for s in settings.series}
     runner = counted_runner(LakeRecomputeRunner(job_store, lake, bundle, series), metrics)
     return TaskRegistry(runner, task_store=job_store, owner=settings.consumer)
 
 
 def _scheduler(
-    settings: Settings, tasks: TaskRegistry, lake: BarLake, loop_status: Published[LoopStatus]
+    settings: Settings,
+    tasks: TaskRegistry,
+    lake: BarLake,
+    loop_status: Published[LoopStatus],
+    bundle: Callable[[], ConfigBundle | None],
 ) -> Scheduler:
-    """The scheduled jobs: the hourly gap fill of the symbols whose streams this instance
-    consumes (`S2_RECOMPUTE_LOOKBACK`; 0 turns it off)."""
-    scheduler = Scheduler(RedisRunLock(connect(settings.redis), owner=settings.consumer))
+    """The scheduled jobs: the daily regime (00:05 UTC, once across instances) and the hourly
+    gap fill of the symbols whose streams this instance consumes (`S2_RECOMPUTE_LOOKBACK`; 0
+    turns it off)."""
+    client = connect(settings.redis)
+    scheduler = Scheduler(RedisRunLock(client, owner=settings.consumer))
+    scheduler.register(REGIME, Every(DAY_MS, 5 * MINUTE_MS), RegimeJob(bundle, lake, client))
     if settings.recompute_lookback_ms > 0:
 
         def owned() -> list[str]:
@@ -201,6 +209,12 @@ def _scheduler(
         fill = GapFill(tasks, owned, lake, settings.windows, settings.recompute_lookback_ms)
         scheduler.register(GAP_FILL, Every(HOUR_MS), fill, once=False)
     return scheduler
+
+
+def _approved_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle | None:
+    """The active bundle, None before the first one is approved."""
+    value = active.get()
+    return None if value is None else value.bundle
 
 
 def _active_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle:

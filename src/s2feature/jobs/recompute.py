@@ -22,16 +22,15 @@ from typing import Any, Final
 
 import numpy as np
 
-from s2feature.compute.batch import WindowColumns, compute_columns, materialise
+from s2feature.compute.batch import WindowColumns, compute_columns
 from s2feature.compute.engine import validate_windows
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import DAY_MS, WINDOWS, SeriesId
-from s2feature.dqc.verdict import routing
 from s2feature.errors import ConfigurationError
+from s2feature.jobs.recompute_rows import signal_rows
 from s2feature.jobs.warmup import warmup_start
 from s2feature.lake.parquet import BarLake
-from s2feature.store.base import SignalRow, Store, recompute_event_id
-from s2feature.store.snapshot_rows import prepare_snapshot
+from s2feature.store.base import Store, recompute_event_id
 
 __all__ = [
     "FALLBACK_MARKET",
@@ -206,10 +205,12 @@ def _compute_symbol(
     starts = {w: warmup_start(req.from_ts, w, b) for w in windows}
     bars = lake.read(series.symbol, from_open_time=min(starts.values()), to_close_time=req.to_ts)
     out = _SymbolColumns(series)
-    for window in windows:
-        first = int(np.searchsorted(bars.open_time, starts[window], side="left"))
-        base = bars.slice(first, len(bars))
-        out.columns.extend(compute_columns(base, series, [window], b))
+    # Windows with the same warm-up start share one call: the base-level families are then
+    # evaluated once for all of them (a value at t0 does not depend on the other t0s asked for).
+    for start in sorted(set(starts.values())):
+        same = [w for w in windows if starts[w] == start]
+        first = int(np.searchsorted(bars.open_time, start, side="left"))
+        out.columns.extend(compute_columns(bars.slice(first, len(bars)), series, same, b))
     return out
 
 
@@ -256,7 +257,6 @@ def run_recompute(
     if bundle.rev != plan.config_rev:
         raise RecomputeError(f"bundle rev {bundle.rev!r} is not the plan's {plan.config_rev!r}")
     req = plan.request
-    realtime, persist_all = bundle.mode.realtime, bundle.mode.persist_all
     total = plan.estimated_batches
     start = resume or Resume()
     if start.config_rev is not None and start.config_rev != plan.config_rev:
@@ -281,16 +281,12 @@ def run_recompute(
         if computed is None or computed.series != series:
             computed = _compute_symbol(lake, series, plan.windows, req, bundle)
         columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
-        snaps = [
-            s for s in materialise(columns, series, bundle) if routing(s, realtime, persist_all)[0]
-        ]
-        if not req.force and snaps:
+        rows = signal_rows(columns, series, bundle, MODE, now_ms())  # what routing stores
+        if not req.force and rows:
             revs = _stored_revs(store, batch)
-            fresh = [s for s in snaps if revs.get(s.signal_id) != plan.config_rev]
-            skipped += len(snaps) - len(fresh)
-            snaps = fresh
-        computed_at = now_ms()
-        rows: list[SignalRow] = [prepare_snapshot(s, MODE, computed_at) for s in snaps]
+            fresh = [r for r in rows if revs.get(r.signal_id) != plan.config_rev]
+            skipped += len(rows) - len(fresh)
+            rows = fresh
         for start_row in range(0, len(rows), WRITE_CHUNK_ROWS):
             # Short transactions: the service loop's writes to the same database wait at most
             # one chunk's write, never a whole day's (1,752 rows for 1m,5m,1h).

@@ -281,6 +281,20 @@ def store_settings_of(raw: EnvSettings) -> StoreSettings:
     )
 
 
+def redis_settings_of(raw: EnvSettings) -> RedisSettings:
+    """The Redis connection of `S2_REDIS_*` (the service's, and the jobs' that write to Redis)."""
+    password = raw.redis_password.get_secret_value() if raw.redis_password else None
+    return RedisSettings(
+        addresses=_addresses(raw.redis_addresses),
+        username=raw.redis_username,
+        password=password,
+        # Longer than the blocking read and than WAIT, or idle reads and waits time out.
+        socket_timeout_s=5.0 + max(raw.block_ms, raw.redis_wait_ms) / 1000,
+        min_replicas=raw.redis_min_replicas,
+        wait_ms=raw.redis_wait_ms,
+    )
+
+
 def settings_of(raw: EnvSettings) -> Settings:
     try:
         bundle = load_bundle(raw.config_file) if raw.config_file else ConfigBundle()
@@ -307,17 +321,8 @@ def settings_of(raw: EnvSettings) -> Settings:
             "S2_DB_ARANGO_URI: set while S2_DB_BACKEND is sqlite (the default); set "
             "S2_DB_BACKEND=arango to use ArangoDB, or unset S2_DB_ARANGO_URI"
         )
-    password = raw.redis_password.get_secret_value() if raw.redis_password else None
     return Settings(
-        redis=RedisSettings(
-            addresses=_addresses(raw.redis_addresses),
-            username=raw.redis_username,
-            password=password,
-            # Longer than the blocking read and than WAIT, or idle reads and waits time out.
-            socket_timeout_s=5.0 + max(raw.block_ms, raw.redis_wait_ms) / 1000,
-            min_replicas=raw.redis_min_replicas,
-            wait_ms=raw.redis_wait_ms,
-        ),
+        redis=redis_settings_of(raw),
         series=_series(raw.symbols),
         windows=parse_windows(raw.windows, bundle.base_ms, bundle.base_interval),
         group=raw.consumer_group.strip() or "s2",
