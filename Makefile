@@ -26,6 +26,8 @@ demo: setup ## compute features on the real BTC/USD data and print a summary
 bench: setup ## performance figures and ratios, measured in one run
 	$(UV) run python benches/run.py
 	$(UV) run python benches/service_bench.py
+	$(UV) run python benches/recompute_bench.py
+	$(UV) run python benches/live_under_recompute.py
 
 lint: setup ## ruff, formatting and mypy --strict
 	$(UV) run ruff check src tests benches

@@ -25,7 +25,10 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
    one-minute bar), where the engine, store and emits share even less of the work.
 6. Burst throughput with `S2_REDIS_MIN_REPLICAS` 0 and then 1 on a server with one replica:
    the cost of waiting for the replica before each checkpoint (`--replicas-only` runs just this).
-7. The FX leg: floor, burst throughput and end-to-end latency (3-4 entries per bar) of the
+7. The cost of observing: burst throughput with metrics off, metrics on, and metrics with traces
+   sampled at 0, 0.01 and 1.0 (exported over OTLP/HTTP to a receiver on loopback that reads and
+   drops them), as ratios to metrics off (`--observability-only` runs just this).
+8. The FX leg: floor, burst throughput and end-to-end latency (3-4 entries per bar) of the
    three streams over one common stretch of time, without and then with a fourth stream, the
    FX series (`rho.fx_symbol`, same density, its bars closing with theirs), so that every
    symbol's snapshots compute `rho_*` and pass the FX barrier (`--fx-only` runs just this).
@@ -39,7 +42,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import http.server
 import io
+import logging
 import os
 import pstats
 import signal
@@ -48,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,9 @@ from s2feature.domain import WINDOWS, Bar, SeriesId, Snapshot  # noqa: E402
 from s2feature.ingest.decode import decode_entry  # noqa: E402
 from s2feature.ingest.stream import StreamIngestor  # noqa: E402
 from s2feature.lake.parquet import BarLake  # noqa: E402
+from s2feature.observability.metrics import Metrics  # noqa: E402
+from s2feature.observability.tracing import SignalTracer, otlp_tracer_provider  # noqa: E402
+from s2feature.service.observe import BatchObserver  # noqa: E402
 from s2feature.service.process import quiet_garbage_collector  # noqa: E402
 from s2feature.service.runner import Service  # noqa: E402
 from s2feature.service.settings import load_settings  # noqa: E402
@@ -86,6 +94,8 @@ BATCH = 200
 MINUTE_MS = 60_000
 # Lake history of the sparse streams: a day and a bit, so that snapshots pass DQC from the start.
 HISTORY_BARS = 1_500
+# A fresh pair (metrics, tracer) for each burst run; either may be None (off).
+Observers = Callable[[], tuple[Metrics | None, SignalTracer | None]]
 
 # (label, module file, functions): the steps of the service loop, for the `--profile` breakdown.
 PROFILE_STEPS = (
@@ -252,10 +262,35 @@ def floor_pass(client: redis.Redis, inputs: Sequence[StreamInput], group: str) -
 @dataclass
 class BurstResult:
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) during the run
+    observer_seconds: float = 0.0  # spent in the batch observers (metrics, logs, traces)
     emitted: int = 0
     compute_s: list[float] = field(default_factory=list)  # on_base_bar calls with snapshots
     snapshots: int = 0
     profile: str = ""
+
+
+class TimedObserver(BatchObserver):
+    """A batch observer that adds the time spent in it to `spent[0]`."""
+
+    def __init__(self, like: BatchObserver, spent: list[float]) -> None:
+        super().__init__(like.symbol, like.metrics, like.tracer)
+        self.spent = spent
+
+    def computed(self, out: Any, realtime: bool, persist_all: bool) -> None:
+        started = time.perf_counter()
+        super().computed(out, realtime, persist_all)
+        self.spent[0] += time.perf_counter() - started
+
+    def settled(self, out: Any) -> None:
+        started = time.perf_counter()
+        super().settled(out)
+        self.spent[0] += time.perf_counter() - started
+
+    def flushed(self, acked: int, seconds: float, checkpoint_bytes: int | None) -> None:
+        started = time.perf_counter()
+        super().flushed(acked, seconds, checkpoint_bytes)
+        self.spent[0] += time.perf_counter() - started
 
 
 @contextlib.contextmanager
@@ -307,10 +342,11 @@ def run_burst(
     checkpoint_ms: int | None = None,
     venue: str = "bench",
     extra_env: dict[str, str] | None = None,
+    observers: Observers | None = None,
 ) -> BurstResult:
     """Drain the pre-loaded entries with the in-process service; exit on the first idle round.
     `checkpoint_ms` overrides the service's default checkpoint interval; `extra_env` adds
-    settings."""
+    settings; `observers` gives the run's metrics and tracer (default: none)."""
     # A 1 ms idle block, so that the run ends right after the last batch, not 200 ms later.
     env = {**service_env(server, workdir, "bench-burst", venue), "S2_BLOCK_MS": "1"}
     env.update(extra_env or {})
@@ -318,15 +354,31 @@ def run_burst(
         env["S2_CHECKPOINT_MS"] = str(checkpoint_ms)
     settings = load_settings({**env, "S2_CONSUMER_GROUP": group})
     store = SqliteStore(workdir / "s2.db")
-    service = Service(settings, connect(settings.redis), store, BarLake(workdir / "lake"))
+    metrics, tracer = observers() if observers is not None else (None, None)
+    service = Service(
+        settings,
+        connect(settings.redis),
+        store,
+        BarLake(workdir / "lake"),
+        metrics=metrics,
+        tracer=tracer,
+    )
+    spent = [0.0]
+    if observers is not None:
+        for worker in service.workers.values():
+            worker.observer = TimedObserver(worker.observer, spent)
     result = BurstResult()
     profiler = cProfile.Profile() if profile else None
     with timed_engines(result), profiler or contextlib.nullcontext():
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         # tuned as `s2-feature run` tunes its process
         service.run(idle_exit_s=0.0, on_started=quiet_garbage_collector)
         result.seconds = time.perf_counter() - started
+        result.cpu_seconds = time.process_time() - cpu_started
+    result.observer_seconds = spent[0]
     store.close()
+    if tracer is not None:
+        tracer.shutdown()  # after the timed run: what is still queued is exported
     result.emitted = service.emitted
     if profiler is not None:
         result.profile = profile_summary(pstats.Stats(profiler), "the burst run")
@@ -341,6 +393,7 @@ def best_burst(
     venue: str = "bench",
     history: Sequence[StreamInput] = (),
     extra_env: dict[str, str] | None = None,
+    observers: Observers | None = None,
 ) -> tuple[BurstResult, list[float]]:
     """The fastest of `passes` burst runs over the same entries (the floor's estimator too), and
     every run's time. Each run but the last has its own consumer group and files, and its
@@ -356,7 +409,15 @@ def best_burst(
         for stream in history:
             BarLake(run_dir / "lake").append(stream.series.symbol, lake_history(stream))
         runs.append(
-            run_burst(server, run_dir, profile and last, group, venue=venue, extra_env=extra_env)
+            run_burst(
+                server,
+                run_dir,
+                profile and last,
+                group,
+                venue=venue,
+                extra_env=extra_env,
+                observers=observers,
+            )
         )
         if not last:
             admin = server.client()
@@ -429,11 +490,13 @@ def service_process(
     server: RedisServer,
     workdir: Path,
     profile_to: Path | None,
+    command: Sequence[str] = ("-m", "s2feature.cli", "run"),
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[None]:
-    """`s2-feature run` in its own process, from the moment it blocks in XREADGROUP (restored,
-    claimed, drained, waiting for input) until SIGTERM (graceful: checkpoint, ack, exit 0)."""
-    command = [sys.executable, "-m", "s2feature.cli", "run"]
+    """`s2-feature run` (or the Python `command` that runs it) in its own process, from the
+    moment it blocks in XREADGROUP (restored, claimed, drained, waiting for input) until SIGTERM
+    (graceful: checkpoint, ack, exit 0)."""
+    command = [sys.executable, *command]
     if profile_to is not None:
         command[1:1] = ["-m", "cProfile", "-o", str(profile_to)]
     log = workdir / "service.log"
@@ -686,12 +749,12 @@ def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFig
 
 
 def fx_leg_cost(workdir: Path, args: argparse.Namespace) -> None:
-    """7. The FX leg's cost: the same three symbols without and with the FX stream."""
+    """8. The FX leg's cost: the same three symbols without and with the FX stream."""
     off = fx_scenario(workdir / "off", args, with_fx=False)
     on = fx_scenario(workdir / "on", args, with_fx=True)
     ratio_off, ratio_on = off.service / off.floor, on.service / on.floor
     print(
-        f"7. the FX leg (three streams aligned in time, then with the FX stream {FX_SYMBOL[0]} "
+        f"8. the FX leg (three streams aligned in time, then with the FX stream {FX_SYMBOL[0]} "
         f"at {FX_SYMBOL[1]} entries/bar; best of {args.service_passes} bursts, dense paced "
         f"phase at the same rate per symbol):\n"
         f"   FX off: floor {off.floor:,.0f}, service {off.service:,.0f} entries/s = "
@@ -709,6 +772,87 @@ def fx_leg_cost(workdir: Path, args: argparse.Namespace) -> None:
     )
 
 
+class _DroppingReceiver(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that reads each export request and drops it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def observability_cost(workdir: Path, args: argparse.Namespace) -> None:
+    """7. Burst throughput with metrics off and on, and with traces at several sample ratios."""
+    inputs = build_inputs(args.entries // len(SYMBOLS), 120, 1)  # only the first part is used
+    entries = sum(len(s.segments[0].entries) for s in inputs)
+    # At 1.0 the span queue overflows in a burst and the SDK drops spans, warning each time:
+    # the figures include that; the warnings are not printed.
+    logging.getLogger("opentelemetry.sdk.trace.export").setLevel(logging.ERROR)
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
+
+    def observed(metrics: bool, ratio: float | None) -> Observers:
+        def make() -> tuple[Metrics | None, SignalTracer | None]:
+            tracer = None
+            if ratio is not None:
+                tracer = SignalTracer(otlp_tracer_provider(endpoint, ratio), ratio)
+            return (Metrics("bench") if metrics else None), tracer
+
+        return make
+
+    setups = [
+        ("metrics off", observed(False, None)),
+        ("metrics on", observed(True, None)),
+        ("metrics + traces at 0", observed(True, 0.0)),
+        ("metrics + traces at 0.01", observed(True, 0.01)),
+        ("metrics + traces at 1.0", observed(True, 1.0)),
+    ]
+    rates: dict[str, list[float]] = {label: [] for label, _ in setups}
+    per_cpu: dict[str, list[float]] = {label: [] for label, _ in setups}
+    shares: dict[str, list[float]] = {label: [] for label, _ in setups}
+    with RedisServer(workdir / "redis", appendonly=False) as server:
+        admin = server.client()
+        preload(admin, inputs)
+        # Rounds of every setup in turn, so that a slow spell of the shared machine hits them
+        # alike; each setup's best run is taken.
+        for round_ in range(args.observability_rounds):
+            for label, observers in setups:
+                run_dir = workdir / f"{label.replace(' ', '-')}-{round_}"
+                burst, _ = best_burst(server, run_dir, 1, False, observers=observers)
+                rates[label].append(entries / burst.seconds)
+                per_cpu[label].append(entries / burst.cpu_seconds)
+                shares[label].append(burst.observer_seconds / burst.seconds)
+                admin.delete(*[s.series.stream_key for s in inputs])
+                for key in admin.scan_iter("feat:*"):
+                    admin.delete(key)
+                preload(admin, inputs)
+    receiver.shutdown()
+    receiver.server_close()
+    off, off_cpu = max(rates["metrics off"]), max(per_cpu["metrics off"])
+    print(
+        f"7. cost of observing ({entries:,} entries, burst, best of {args.observability_rounds} "
+        "rounds taken in turn; traces exported over OTLP/HTTP to a loopback receiver); "
+        "wall-clock throughput, entries per CPU second of the service process (less "
+        "sensitive to the other work of a shared machine), and the median share of the run "
+        "spent in the batch observers (metrics, logs, span building; the exporter's thread "
+        "not included) with the throughput ratio it implies:"
+    )
+    for label, _ in setups:
+        best, cpu = max(rates[label]), max(per_cpu[label])
+        share = float(np.median(shares[label]))
+        every = ", ".join(f"{rate:,.0f}" for rate in rates[label])
+        print(
+            f"   {label:<25} {best:7,.0f} entries/s = {best / off:6.1%}; {cpu:7,.0f} "
+            f"entries/CPU s = {cpu / off_cpu:6.1%}; observers {share:5.1%} of the run "
+            f"(-> {1 - share:6.1%}) (runs: {every})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=60_000, help="pre-loaded, all streams")
@@ -720,8 +864,16 @@ def main() -> None:
     parser.add_argument(
         "--replicas-only", action="store_true", help="only 6: the cost of S2_REDIS_MIN_REPLICAS"
     )
-    parser.add_argument("--fx-only", action="store_true", help="only 7: the cost of the FX leg")
+    parser.add_argument(
+        "--observability-only", action="store_true", help="only 7: the cost of metrics, traces"
+    )
+    parser.add_argument("--observability-rounds", type=int, default=5, help="rounds of 7")
+    parser.add_argument("--fx-only", action="store_true", help="only 8: the cost of the FX leg")
     args = parser.parse_args()
+    if args.observability_only:
+        with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
+            observability_cost(Path(tmp), args)
+        return
     if args.replicas_only:
         with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
             replica_wait_cost(Path(tmp), args)
@@ -771,6 +923,7 @@ def main() -> None:
                 print(profile_summary(pstats.Stats(str(profile_to)), "the paced runs"))
         sparse_throughput(workdir / "sparse", args, live_per_bar)
         replica_wait_cost(workdir / "replicas", args)
+        observability_cost(workdir / "observability", args)
         fx_leg_cost(workdir / "fx", args)
     print(f"\nwhole benchmark: {time.perf_counter() - bench_started:.0f} s")
 

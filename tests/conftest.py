@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,21 @@ def redis_cluster(_module_cluster: _ModuleCluster) -> RedisClusterHarness:
     restart or re-shard it, and the next test gets it reset. Tests must not hold on to it.
     """
     return _module_cluster.clean()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Path of a `promtool` (scripts/ensure-promtool.sh extracts Debian's when there is none, the
+    way scripts/ensure-redis.sh installs redis-server): a missing tool fails the test, never
+    skips it."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [str(root / "scripts" / "ensure-promtool.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"no promtool: {done.stderr.strip()}", pytrace=False)
+    path = Path(done.stdout.strip().splitlines()[-1])
+    return path if path.is_absolute() else root / path

@@ -2,7 +2,9 @@
 
 Exit codes: 0 success (also a service stopped by SIGTERM/SIGINT); 2 a bad setting, argument,
 config bundle or input file, with one line on stderr naming it; 1 anything else, with its
-traceback (a bug or an environment failure, never hidden behind a one-line message).
+traceback (a bug or an environment failure, never hidden behind a one-line message). `regime`
+also exits 3 when the lake holds too little history (nothing written) and 4 when Redis holds a
+newer state than the one computed (nothing written).
 """
 
 from __future__ import annotations
@@ -117,11 +119,16 @@ def _job_environment() -> JobEnvironment:
     """The job settings from the process's `S2_*` variables, read through `EnvSettings`."""
 
     from s2feature.jobs.cli_support import job_environment
-    from s2feature.service.settings import load_env_settings, store_settings_of
+    from s2feature.service.settings import (
+        bundle_overrides_of,
+        load_env_settings,
+        store_settings_of,
+    )
 
     raw = load_env_settings()
     store = store_settings_of(raw)
-    return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store)
+    overrides = bundle_overrides_of(raw)  # the service's S2_DQC_*/S2_REGIME_*: the same outputs
+    return job_environment(raw.config_file, raw.lake_dir, raw.symbols, store, overrides)
 
 
 def cmd_recompute(args: argparse.Namespace) -> int:
@@ -145,6 +152,45 @@ def cmd_recompute(args: argparse.Namespace) -> int:
     print(
         f"{task_id}: {result.signals_written} signals written, {result.signals_skipped} "
         f"already stored under config_rev {task.config_rev} ({result.batches_done} batches)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# `s2-feature regime` exit codes beside 0/1/2: no state written, for a reason that is no error.
+EXIT_NOT_ENOUGH_HISTORY = 3
+EXIT_NEWER_STATE = 4
+
+
+def cmd_regime(args: argparse.Namespace) -> int:
+    import json
+
+    from s2feature.jobs.cli_support import parse_time_ms
+    from s2feature.jobs.regime import run_regime
+    from s2feature.lake.parquet import BarLake
+    from s2feature.service.settings import load_env_settings, redis_settings_of
+    from s2feature.streams.client import connect
+
+    env = _job_environment()
+    at_ms = parse_time_ms(args.at) if args.at else int(time.time() * 1000)
+    client = connect(redis_settings_of(load_env_settings()))
+    try:
+        result = run_regime(at_ms, env.bundle, BarLake(env.lake_dir), client)
+    finally:
+        client.close()
+    print(json.dumps(result.as_dict()))
+    if result.status == "insufficient_history":
+        print(
+            f"s2-feature regime: not enough history, nothing written: {result.reason}",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_ENOUGH_HISTORY
+    if result.status == "stale":
+        print(f"s2-feature regime: {result.reason}", file=sys.stderr)
+        return EXIT_NEWER_STATE
+    print(
+        f"s2-feature regime: {result.regime} (rv_1d {result.rv_1d:.4f}, pctile "
+        f"{result.pctile:.3f}) written to rev {result.rev}",
         file=sys.stderr,
     )
     return 0
@@ -200,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--to", required=True, help="last t0 (inclusive), same formats")
     rc.add_argument("--force", action="store_true", help="rewrite signals of the same config_rev")
     rc.set_defaults(func=cmd_recompute)
+    rg = sub.add_parser(
+        "regime", help="compute the market regime from the lake and write it to Redis"
+    )
+    rg.add_argument("--at", help="as of this time (2024-01-05, ...T10:00Z or ms); default now")
+    rg.set_defaults(func=cmd_regime)
     lk = sub.add_parser("lake", help="the base-bar lake (S2_LAKE_DIR)")
     lake_sub = lk.add_subparsers(dest="lake_command", required=True)
     li = lake_sub.add_parser("import", help="import a kline file (CSV or Parquet)")

@@ -1,11 +1,14 @@
 """`s2-feature run` put together: the process around the service loop.
 
 Order at start: JSON logging; stop on SIGTERM/SIGINT; the HTTP server (`/health` answers from
-the first moment, DOWN with its reason until the loop runs); the config watcher; the store
-(retried with backoff while it cannot be reached: a pod must not crash-loop while its database
-starts); an approved config bundle (the loop does not consume on an unapproved one: it waits,
-with `/health` saying why); then the loop, which keeps the main thread. Whatever way the loop
-ends, its leases are released, and the watcher, the HTTP server and the store are closed.
+the first moment, DOWN with its reason until the loop runs; the recompute routes with their task
+registry, which opens its own store connection and resumes the stored tasks on its thread); the
+config watcher; the store (retried with backoff while it cannot be reached: a pod must not
+crash-loop while its database starts); an approved config bundle (the loop does not consume on an
+unapproved one: it waits, with `/health` saying why); then the loop, which keeps the main thread,
+and, once it has started, the scheduler of the hourly gap fill. Whatever way the loop ends, its
+leases are released, and the scheduler, the watcher, the HTTP server (and with it the recompute
+tasks) and the stores are closed.
 """
 
 from __future__ import annotations
@@ -14,15 +17,25 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 from s2feature import __version__
 from s2feature.api import ApiServer, ApiServerError, create_app
+from s2feature.api.metrics import TaskCollector, counted_runner
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import interval_ms
+from s2feature.domain import DAY_MS, interval_ms
+from s2feature.jobs.gap_fill import JOB_NAME as GAP_FILL
+from s2feature.jobs.gap_fill import GapFill
+from s2feature.jobs.regime import JOB_NAME as REGIME
+from s2feature.jobs.regime import RegimeJob
+from s2feature.jobs.schedule import HOUR_MS, MINUTE_MS, Every, RedisRunLock, Scheduler
+from s2feature.jobs.task_runner import LakeRecomputeRunner, SharedStore
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
+from s2feature.observability.metrics import Metrics
+from s2feature.observability.tracing import SignalTracer, otlp_tracer_provider
 from s2feature.service.config_watch import ActiveBundle, ConfigWatcher
 from s2feature.service.health import HealthLimits
 from s2feature.service.process import quiet_garbage_collector, stop_on_signals
@@ -30,6 +43,7 @@ from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, SettingsError
 from s2feature.service.status import LoopStatus, Published
+from s2feature.service.status_metrics import StatusCollector
 from s2feature.store.base import Store
 from s2feature.store.factory import open_store
 from s2feature.streams.client import connect
@@ -81,8 +95,26 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
         settings.config, connect(settings.redis), validate=BundleGuard(settings.windows)
     )
     limits = HealthLimits(lag_degraded_ms=settings.api.lag_degraded_ms)
-    api = ApiServer(
-        create_app(loop_status, watcher.status, limits), settings.api.host, settings.api.port
+    metrics = Metrics(__version__)
+    metrics.registry.register(StatusCollector(loop_status, watcher.status, limits))
+    tracer = signal_tracer(settings)
+    lake = BarLake(settings.lake_dir)
+    job_store = SharedStore(partial(open_store, settings.store))
+    tasks = _task_registry(settings, job_store, lake, watcher.active, metrics)
+    metrics.registry.register(TaskCollector(tasks))
+    token = settings.api.token.get_secret_value() if settings.api.token else None
+    app = create_app(
+        loop_status,
+        watcher.status,
+        limits,
+        api_token=token,
+        tasks=tasks,
+        known_symbols=lambda: set(lake.symbols()),
+        metrics_registry=metrics.registry,
+    )
+    api = ApiServer(app, settings.api.host, settings.api.port)
+    scheduler = _scheduler(
+        settings, tasks, lake, loop_status, partial(_approved_bundle, watcher.active)
     )
     try:
         api.start()
@@ -105,11 +137,84 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
                 stop=stop,
                 status=loop_status,
                 bundles=partial(_active_bundle, watcher.active),
+                metrics=metrics,
+                tracer=tracer,
             )
-            return service.run(idle_exit_s=idle_exit_s, on_started=quiet_garbage_collector)
+
+            def started() -> None:
+                quiet_garbage_collector()
+                scheduler.start()
+
+            return service.run(idle_exit_s=idle_exit_s, on_started=started)
     finally:
+        scheduler.stop()
         watcher.stop()
-        api.stop()
+        api.stop()  # its shutdown closes the task registry (the running task stops)
+        job_store.close()
+        if tracer is not None:
+            tracer.shutdown()  # exports the spans still queued
+
+
+def signal_tracer(settings: Settings) -> SignalTracer | None:
+    """Traces of `S2_TRACE_SAMPLE` of the signals, exported over OTLP/HTTP to
+    `OTEL_EXPORTER_OTLP_ENDPOINT`; None (no tracing, no cost) without an endpoint or at 0."""
+    if not settings.otlp_endpoint or settings.trace_sample <= 0.0:
+        return None
+    provider = otlp_tracer_provider(settings.otlp_endpoint, settings.trace_sample, __version__)
+    log.info(
+        "traces of %.4g of the signals exported over OTLP/HTTP",
+        settings.trace_sample,
+        extra={"event": "tracing", "sample": settings.trace_sample},
+    )
+    return SignalTracer(provider, settings.trace_sample)
+
+
+def _task_registry(
+    settings: Settings,
+    job_store: SharedStore,
+    lake: BarLake,
+    active: Published[ActiveBundle | None],
+    metrics: Metrics,
+) -> TaskRegistry:
+    """The recompute tasks: run from the lake into the store under the active bundle, stored
+    under this consumer's name so that its restart resumes them; counted in the metrics."""
+
+    bundle = partial(_approved_bundle, active)
+    series = {s.symbol: s for s in settings.series}
+    runner = counted_runner(LakeRecomputeRunner(job_store, lake, bundle, series), metrics)
+    return TaskRegistry(runner, task_store=job_store, owner=settings.consumer)
+
+
+def _scheduler(
+    settings: Settings,
+    tasks: TaskRegistry,
+    lake: BarLake,
+    loop_status: Published[LoopStatus],
+    bundle: Callable[[], ConfigBundle | None],
+) -> Scheduler:
+    """The scheduled jobs: the daily regime (00:05 UTC, once across instances) and the hourly
+    gap fill of the symbols whose streams this instance consumes (`S2_RECOMPUTE_LOOKBACK`; 0
+    turns it off)."""
+    client = connect(settings.redis)
+    scheduler = Scheduler(RedisRunLock(client, owner=settings.consumer))
+    scheduler.register(REGIME, Every(DAY_MS, 5 * MINUTE_MS), RegimeJob(bundle, lake, client))
+    if settings.recompute_lookback_ms > 0:
+
+        def owned() -> list[str]:
+            streams = loop_status.get().streams
+            return [
+                s.symbol for s in settings.series if s.symbol in streams and streams[s.symbol].owned
+            ]
+
+        fill = GapFill(tasks, owned, lake, settings.windows, settings.recompute_lookback_ms)
+        scheduler.register(GAP_FILL, Every(HOUR_MS), fill, once=False)
+    return scheduler
+
+
+def _approved_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle | None:
+    """The active bundle, None before the first one is approved."""
+    value = active.get()
+    return None if value is None else value.bundle
 
 
 def _active_bundle(active: Published[ActiveBundle | None]) -> ConfigBundle:

@@ -7,7 +7,13 @@ Code logs through the standard `logging` module, with the record's context as `e
 
 gives `{"ts": "...Z", "level": "info", "logger": "s2feature.config", "msg": "config applied",
 "event": "config_applied", "old_rev": "...", "new_rev": "..."}`. Records of other libraries
-(uvicorn, redis) go through the same formatter.
+(uvicorn, redis) go through the same formatter, and the credentials of any URL in a line are
+replaced (`redact.redact_urls`).
+
+Levels (`S2_LOG_LEVEL`): INFO holds the lifecycle (start, config_applied, lease_taken, restored,
+retry, dead_letter, stopped...): a few lines per minute whatever the input rate. DEBUG adds one
+line per snapshot and step (`compute_ok`/`dqc_fail`, then `emit_ok`/`emit_skip`, logger
+`s2feature.snapshots`) and one per checkpoint; they are built only when DEBUG is enabled.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from s2feature.redact import redact_urls
+
 
 def _rename_event_to_msg(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
@@ -29,6 +37,12 @@ def _rename_event_to_msg(
     if "_event" in event_dict:
         event_dict["event"] = event_dict.pop("_event")
     return event_dict
+
+
+def _redact_line(_: Any, __: str, line: Any) -> str:
+    # After the renderer, so `line` is the JSON text: no URL credentials in any line, whoever
+    # wrote the message (a driver's error quoting the URL it could not reach, say).
+    return redact_urls(str(line))
 
 
 class _ExtraEvent(logging.Filter):
@@ -54,6 +68,7 @@ def json_formatter() -> logging.Formatter:
             _rename_event_to_msg,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(default=str),
+            _redact_line,
         ],
     )
 

@@ -502,3 +502,102 @@ def test_factory_opens_arangodb_when_chosen() -> None:
         open_store(
             StoreSettings(backend="arango", arango_uri=f"http://127.0.0.1:{_closed_local_port()}")
         )
+
+
+# --------------------------------------------------------------------------- recompute tasks
+
+
+def task(task_id: str = "recomp-20250105-0001", **overrides: Any) -> dict[str, Any]:
+    """A task document shaped like the task registry's."""
+    doc: dict[str, Any] = {
+        "task_id": task_id,
+        "owner": "s2-a",
+        "origin": "api",
+        "state": "running",
+        "request": {
+            "symbols": ["BTCUSDT"],
+            "windows": ["1m", "1h"],
+            "from_ts": DAY_END - 2 * 86_400_000 + 1,
+            "to_ts": DAY_END,
+            "force": False,
+        },
+        "config_rev": "rev-1",
+        "batches_done": 1,
+        "batches_total": 2,
+        "signals_written": 1464,
+        "signals_skipped": 0,
+        "errors": [],
+        "submitted_at": 1_736_035_200_000,
+        "started_at": 1_736_035_200_100,
+        "finished_at": None,
+        "run_s": 0.25,
+    }
+    return doc | overrides
+
+
+def test_a_task_id_is_inserted_once(store: Store) -> None:
+    assert store.insert_task(task()) is True
+    assert store.insert_task(task(owner="s2-b", state="queued")) is False  # taken: unchanged
+    assert store.get_task("recomp-20250105-0001") == task()
+
+
+def test_save_task_replaces_the_document_and_get_of_an_unknown_task_is_none(
+    store: Store,
+) -> None:
+    store.insert_task(task())
+    done = task(state="done", batches_done=2, signals_written=2928, finished_at=1_736_035_201_000)
+    store.save_task(done)
+    assert store.get_task("recomp-20250105-0001") == done
+    assert store.get_task("recomp-20250105-0999") is None
+    assert store.get_task("not a key/") is None
+
+
+def test_tasks_query_by_owner_state_and_id_prefix_in_id_order(store: Store) -> None:
+    for task_id, owner, state in [
+        ("recomp-20250106-0001", "s2-a", "queued"),
+        ("recomp-20250105-0002", "s2-a", "done"),
+        ("recomp-20250105-0010", "s2-b", "running"),
+        ("recomp-20250105-0001", "s2-a", "running"),
+    ]:
+        store.save_task(task(task_id, owner=owner, state=state))
+
+    def ids(**query: Any) -> list[str]:
+        return [t["task_id"] for t in store.query_tasks(**query)]
+
+    assert ids() == [
+        "recomp-20250105-0001",
+        "recomp-20250105-0002",
+        "recomp-20250105-0010",
+        "recomp-20250106-0001",
+    ]
+    assert ids(owner="s2-a", states=["queued", "running"]) == [
+        "recomp-20250105-0001",
+        "recomp-20250106-0001",
+    ]
+    assert ids(id_prefix="recomp-20250105-") == [
+        "recomp-20250105-0001",
+        "recomp-20250105-0002",
+        "recomp-20250105-0010",
+    ]
+    assert ids(states=[]) == []
+    assert ids(id_prefix="recomp-2025010_") == []  # no wildcards in a prefix
+
+
+def test_stored_tasks_survive_reopening(open_backend: OpenStore) -> None:
+    open_backend().insert_task(task())
+    reopened = open_backend()
+    assert reopened.query_tasks(owner="s2-a", states=["running"]) == [task()]
+    assert reopened.insert_task(task()) is False
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"owner": None}, {"state": ""}, {"task_id": "bad key/"}, {"run_s": math.nan}],
+    ids=["no-owner", "no-state", "bad-key", "nan"],
+)
+def test_a_malformed_task_is_refused(store: Store, bad: dict[str, Any]) -> None:
+    with pytest.raises(StoreError):
+        store.save_task(task(**bad))
+    with pytest.raises(StoreError):
+        store.insert_task(task(**bad))
+    assert store.query_tasks() == []

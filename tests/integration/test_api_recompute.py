@@ -12,7 +12,8 @@ import pytest
 from limits import RateLimitItemPerSecond
 
 from s2feature.api import ApiServer, create_app
-from s2feature.api.tasks import DAY_MS, TaskRegistry
+from s2feature.domain import DAY_MS
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.service.status import ConfigStatus, LoopStatus, Published
 from tests.support.recompute_runner import SIGNALS_PER_BATCH, SteppedRunner
 from tests.support.redis_servers import wait_for
@@ -59,7 +60,7 @@ def body(**changes: object) -> dict[str, object]:
         "symbols": ["BTCUSDT"],
         "windows": ["1m", "1h"],
         "from_ts": JAN5,
-        "to_ts": JAN5 + 2 * DAY_MS,
+        "to_ts": JAN5 + 2 * DAY_MS - 1,  # inclusive: two whole UTC days
         "force": False,
     }
     return base | changes

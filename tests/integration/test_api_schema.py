@@ -15,7 +15,7 @@ from limits import RateLimitItemPerSecond
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from s2feature.api import create_app
-from s2feature.api.tasks import TaskRegistry
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.service.status import ConfigStatus, LoopStatus, Published
 from tests.support.recompute_runner import SteppedRunner
 

@@ -166,6 +166,11 @@ def test_neither_url_nor_file_is_the_built_in_defaults(make_watcher: WatcherFact
 # -- reload triggers ---------------------------------------------------------------------------
 
 
+def _cached_rev(cache: BundleCache) -> str | None:
+    cached = cache.read()
+    return None if cached is None else cached.bundle.rev
+
+
 def test_a_new_rev_is_applied_on_a_cfg_events_message_and_logged_with_the_changes(
     make_watcher: WatcherFactory,
     config_server: ConfigServer,
@@ -181,6 +186,10 @@ def test_a_new_rev_is_applied_on_a_cfg_events_message_and_logged_with_the_change
     active = watcher.active.get()
     assert active is not None
     assert (active.bundle.windows.atr_period, active.bundle.liq_threshold_usdt) == (21, 3e6)
+    # The bundle is published before its log line and cache file are written: wait for both.
+    wait_for(lambda: len(applied_records(caplog)) >= 2, timeout_s=30, what="r2 logged")
+    cache = BundleCache(watcher.settings.cache_path)
+    wait_for(lambda: _cached_rev(cache) == "r2", timeout_s=30, what="r2 cached")
     records = applied_records(caplog)
     assert [(r.old_rev, r.new_rev) for r in records] == [(None, "r1"), ("r1", "r2")]  # type: ignore[attr-defined]
     assert records[-1].changed == ["windows.atr_period", "liq_threshold_usdt"]  # type: ignore[attr-defined]

@@ -8,9 +8,11 @@ signals written or an exception), so the registry and the API can be driven step
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from s2feature.api.tasks import Progress, RecomputeRequest, estimate_batches
+from s2feature.jobs.recompute import Progress, RecomputeRequest, Resume
+from s2feature.jobs.tasks import estimate_batches
 
 SIGNALS_PER_BATCH = 7
 
@@ -21,7 +23,7 @@ class RunnerFailedError(RuntimeError):
 
 @dataclass
 class SteppedRunner:
-    """Runs `estimate_batches(request)` batches, each after one `release()`.
+    """Runs `estimate_batches(request)` batches (from `resume` on), each after one `release()`.
 
     `fail_at`: the batch (1-based) at which it raises `RunnerFailedError` instead of finishing.
     `started` lists the task ids in the order their runs began; `running` is set while a run is
@@ -42,7 +44,12 @@ class SteppedRunner:
             self._permits.release()
 
     def __call__(
-        self, request: RecomputeRequest, task_id: str, progress: Progress, stop: threading.Event
+        self,
+        request: RecomputeRequest,
+        task_id: str,
+        progress: Callable[[Progress], None],
+        stop: threading.Event,
+        resume: Resume,
     ) -> int:
         with self._lock:
             self.started.append(task_id)
@@ -50,21 +57,27 @@ class SteppedRunner:
             self.max_active = max(self.max_active, self._active)
         self.running.set()
         try:
-            return self._batches(request, progress, stop)
+            return self._batches(request, progress, stop, resume)
         finally:
             with self._lock:
                 self._active -= 1
             self.running.clear()
 
-    def _batches(self, request: RecomputeRequest, progress: Progress, stop: threading.Event) -> int:
+    def _batches(
+        self,
+        request: RecomputeRequest,
+        progress: Callable[[Progress], None],
+        stop: threading.Event,
+        resume: Resume,
+    ) -> int:
         total = estimate_batches(request)
-        written = 0
-        for batch in range(1, total + 1):
+        written = resume.signals_written
+        for batch in range(resume.batches_done + 1, total + 1):
             while not self._permits.acquire(timeout=0.01):
                 if stop.is_set():
                     return written
             if self.fail_at == batch:
                 raise RunnerFailedError(f"batch {batch} failed")
             written += SIGNALS_PER_BATCH
-            progress(batch, total, written)
+            progress(Progress(batch, total, written))
         return written

@@ -105,22 +105,22 @@ def snapshots_through_gate(
     for i, bar in enumerate(sym.to_bars()):
         now += 0.01
         if i in stalls:
-            out.extend(gate.feed(engine, [bar], now))
+            out.extend(gate.feed(engine.on_base_bar, [bar], now))
             now += 5.0  # past the deadline, the FX feed still behind
-            out.extend(gate.feed(engine, [], now))
+            out.extend(gate.feed(engine.on_base_bar, [], now))
             continue
         target = max(0, i + 1 - fx_lag)
-        out.extend(gate.feed(engine, [bar], now))
+        out.extend(gate.feed(engine.on_base_bar, [bar], now))
         while fed < min(target, len(fx_bars)):
             b = fx_bars[fed]
             live.add(b.open_time, b.close_time, b.close)
             fed += 1
-            out.extend(gate.feed(engine, [], now))
+            out.extend(gate.feed(engine.on_base_bar, [], now))
     while fed < len(fx_bars):  # the FX catches up at the end
         b = fx_bars[fed]
         live.add(b.open_time, b.close_time, b.close)
         fed += 1
-    out.extend(gate.feed(engine, [], now))
+    out.extend(gate.feed(engine.on_base_bar, [], now))
     assert not gate.waiting
     return out, gate.late
 
@@ -173,7 +173,7 @@ def test_a_held_bar_is_checkpointed_and_waits_again_after_a_restore() -> None:
     engine = SymbolEngine(SERIES, WINDOWS, BUNDLE)
     gate = FxGate(live, max_wait_s=2.0)
     bar = fx_series(3, 3).to_bars()[0]
-    assert gate.feed(engine, [bar], now=0.0) == []
+    assert gate.feed(engine.on_base_bar, [bar], now=0.0) == []
     saved = gate.snapshot()
     again = FxGate(live, max_wait_s=2.0)
     again.restore(saved, now=100.0)
@@ -183,7 +183,9 @@ def test_a_held_bar_is_checkpointed_and_waits_again_after_a_restore() -> None:
     assert again.ready(102.0)
     live.add(bar.open_time, bar.close_time, 1.0)
     assert again.ready(100.5)
-    assert [s.window for s in again.feed(engine, [], now=100.5)] == ["1m"]  # its 5m is open
+    assert [s.window for s in again.feed(engine.on_base_bar, [], now=100.5)] == [
+        "1m"
+    ]  # its 5m is open
     assert not again.waiting
 
 

@@ -58,3 +58,25 @@ def test_level_filter_and_tracebacks(stream: io.StringIO) -> None:
     assert first["msg"] == "failed"
     assert "RuntimeError: boom" in str(first["exception"])
     assert (second["logger"], second["level"]) == ("uvicorn.error", "warning")
+
+
+def test_url_credentials_never_reach_a_line(stream: io.StringIO) -> None:
+    log = logging.getLogger("s2feature.test")
+    log.warning(
+        "ConnectionError: http://s2:pw-123@127.0.0.1:8529/_api and redis://:pw-456@h:6379/0",
+        extra={"event": "retry", "error": "https://user:pw-789@example.invalid/x"},
+    )
+    (line,) = lines(stream)
+    text = json.dumps(line)
+    assert "pw-123" not in text
+    assert "pw-456" not in text
+    assert "pw-789" not in text
+    assert "http://<credentials>@127.0.0.1:8529/_api" in str(line["msg"])
+    assert line["error"] == "https://<credentials>@example.invalid/x"
+
+
+def test_text_without_credentials_is_kept() -> None:
+    from s2feature.redact import redact_urls
+
+    text = "mail ops@example.invalid about http://127.0.0.1:8080/health"
+    assert redact_urls(text) == text

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from s2feature.api.tasks import (
+from s2feature.jobs.recompute import RecomputeRequest
+from s2feature.jobs.tasks import (
     DAY_MS,
-    RecomputeRequest,
     RegistryClosedError,
     ScopeConflictError,
     TaskRegistry,
@@ -28,7 +28,7 @@ def request(*symbols: str, from_day: float = 0, to_day: float = 1) -> RecomputeR
         symbols=symbols or ("BTCUSDT",),
         windows=("1m",),
         from_ts=JAN5 + int(from_day * DAY_MS),
-        to_ts=JAN5 + int(to_day * DAY_MS),
+        to_ts=JAN5 + int(to_day * DAY_MS) - 1,  # inclusive: the last millisecond before to_day
     )
 
 
@@ -150,7 +150,9 @@ def test_tasks_run_one_at_a_time_in_submission_order(
 def test_the_runner_runs_off_the_submitting_thread() -> None:
     seen: list[str] = []
 
-    def record(req: RecomputeRequest, task_id: str, progress: object, stop: object) -> int:
+    def record(
+        req: RecomputeRequest, task_id: str, progress: object, stop: object, resume: object
+    ) -> int:
         seen.append(threading.current_thread().name)
         return 0
 
@@ -219,7 +221,7 @@ def test_close_interrupts_the_running_and_the_queued_tasks(runner: SteppedRunner
 
 
 def test_unknown_ids_are_none_and_old_finished_tasks_are_forgotten() -> None:
-    tasks = TaskRegistry(lambda req, task_id, progress, stop: 0, keep_finished=2)
+    tasks = TaskRegistry(lambda req, task_id, progress, stop, resume: 0, keep_finished=2)
     tasks.start()
     ids = []
     for name in ("AAA", "BBB", "CCC", "DDD"):

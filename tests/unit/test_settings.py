@@ -89,3 +89,50 @@ def test_a_wrong_password_is_not_retried() -> None:
 
     assert not is_retryable(redis.AuthenticationError("WRONGPASS"))
     assert is_retryable(redis.ConnectionError("reset"))
+
+
+def test_traces_are_off_without_an_endpoint_and_sampled_at_one_percent_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from s2feature.launcher import signal_tracer
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    settings = load_settings({"S2_SYMBOLS": "binance:fut:BTCUSDT"})
+    assert (settings.trace_sample, settings.otlp_endpoint) == (0.01, None)
+    assert signal_tracer(settings) is None  # no tracer: nothing on the loop's path
+    traced = load_settings(
+        {
+            "S2_SYMBOLS": "binance:fut:BTCUSDT",
+            "S2_TRACE_SAMPLE": "0.5",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        }
+    )
+    assert (traced.trace_sample, traced.otlp_endpoint) == (0.5, "http://127.0.0.1:4318")
+    tracer = signal_tracer(traced)
+    assert tracer is not None
+    tracer.shutdown()
+    with pytest.raises(SettingsError, match="S2_TRACE_SAMPLE"):
+        load_settings({"S2_SYMBOLS": "binance:fut:BTCUSDT", "S2_TRACE_SAMPLE": "1.5"})
+
+
+def test_the_api_token_is_a_secret_and_empty_means_unset() -> None:
+    settings = load_settings({**BASE, "S2_API_TOKEN": "t0ps3cret"})
+    assert settings.api.token is not None
+    assert settings.api.token.get_secret_value() == "t0ps3cret"
+    assert "t0ps3cret" not in repr(settings)
+    assert load_settings(BASE).api.token is None
+    assert load_settings({**BASE, "S2_API_TOKEN": "  "}).api.token is None
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("2h", 7_200_000), ("90m", 5_400_000), ("45s", 45_000), ("1d", 86_400_000), ("0", 0)],
+)
+def test_the_recompute_lookback_is_a_duration(text: str, ms: int) -> None:
+    assert load_settings({**BASE, "S2_RECOMPUTE_LOOKBACK": text}).recompute_lookback_ms == ms
+
+
+def test_the_recompute_lookback_defaults_to_two_hours_and_a_bad_one_is_named() -> None:
+    assert load_settings(BASE).recompute_lookback_ms == 7_200_000
+    with pytest.raises(SettingsError, match="S2_RECOMPUTE_LOOKBACK"):
+        load_settings({**BASE, "S2_RECOMPUTE_LOOKBACK": "two hours"})

@@ -333,13 +333,19 @@ class CannedArango(HTTPClient):
 
 
 def ready_server(**overrides: Route) -> dict[tuple[str, str], Route]:
-    """Routes of a server where database `s2` and both collections exist."""
+    """Routes of a server where database `s2` and its three collections exist."""
     index = {"id": "signals/1", "code": 200, "error": False, "isNewlyCreated": False}
     routes: dict[tuple[str, str], Route] = {
         ("get", "/_db/_system/_api/database"): (200, {"result": ["_system", "s2"]}),
         ("get", "/_db/s2/_api/collection"): (
             200,
-            {"result": [{"name": "signals"}, {"name": "strategy_events"}]},
+            {
+                "result": [
+                    {"name": "signals"},
+                    {"name": "strategy_events"},
+                    {"name": "recompute_tasks"},
+                ]
+            },
         ),
         ("post", "/_db/s2/_api/index"): (200, index),
         ("get", "/_db/s2/_api/version"): (200, {"server": "arango", "version": "3.12.4"}),
@@ -400,6 +406,15 @@ def test_opening_creates_missing_database_collections_and_indexes(
                 "type": "persistent",
                 "fields": ["kind", "symbol", "ts"],
                 "name": "strategy_events_by_kind",
+            },
+        ),
+        ("/_db/s2/_api/collection", _collection_body("recompute_tasks")),
+        (
+            "/_db/s2/_api/index",
+            {
+                "type": "persistent",
+                "fields": ["owner", "state"],
+                "name": "recompute_tasks_by_owner",
             },
         ),
     ]
@@ -627,3 +642,44 @@ def test_sqlite_path_that_is_a_directory_is_fatal(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         SqliteStore(tmp_path)
     assert not isinstance(info.value, StoreUnavailable)
+
+
+TASK = {"task_id": "recomp-20250105-0001", "owner": "s2-a", "state": "queued", "batches_done": 0}
+
+
+def test_inserting_a_task_whose_id_is_taken_is_false_not_an_error(
+    open_canned: Callable[[dict[tuple[str, str], Route]], ArangoStore],
+) -> None:
+    taken = (
+        409,
+        {"error": True, "code": 409, "errorNum": 1210, "errorMessage": "unique constraint"},
+    )
+    stored = {"_id": "recompute_tasks/recomp-20250105-0001", "_key": TASK["task_id"], "_rev": "1"}
+    path = "/_db/s2/_api/document/recompute_tasks"
+    answers = iter([(201, stored), taken])
+    store = open_canned(ready_server(**{f"post {path}": lambda _body: next(answers)}))
+    assert store.insert_task(TASK) is True
+    assert store.insert_task(TASK) is False
+    posted = [body for method, p, body in transport(store).sent if (method, p) == ("post", path)]
+    assert posted == [{**TASK, "_key": TASK["task_id"]}] * 2
+
+
+def test_a_task_insert_refused_for_another_reason_is_an_error(
+    open_canned: Callable[[dict[tuple[str, str], Route]], ArangoStore],
+) -> None:
+    busy = (503, {"error": True, "code": 503, "errorNum": 503, "errorMessage": "unavailable"})
+    store = open_canned(ready_server(**{"post /_db/s2/_api/document/recompute_tasks": busy}))
+    with pytest.raises(StoreUnavailable):
+        store.insert_task(TASK)
+
+
+def test_saving_a_task_replaces_it_by_key(
+    open_canned: Callable[[dict[tuple[str, str], Route]], ArangoStore],
+) -> None:
+    stored = {"_id": "recompute_tasks/recomp-20250105-0001", "_key": TASK["task_id"], "_rev": "2"}
+    path = "/_db/s2/_api/document/recompute_tasks"
+    store = open_canned(ready_server(**{f"post {path}": (202, stored)}))
+    store.save_task({**TASK, "state": "done"})
+    method, sent_path, body = transport(store).sent[-1]
+    assert (method, sent_path) == ("post", path)
+    assert body == {**TASK, "state": "done", "_key": TASK["task_id"]}

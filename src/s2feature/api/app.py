@@ -16,9 +16,11 @@ from typing import Any
 from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 from limits import RateLimitItem
+from prometheus_client import CollectorRegistry
 
 import s2feature
 from s2feature.api.errors import install_error_handlers
+from s2feature.api.metrics import metrics_router
 from s2feature.api.rate_limit import RECOMPUTE_RATE
 from s2feature.api.recompute import KnownSymbols, recompute_router
 from s2feature.api.schemas import (
@@ -31,7 +33,7 @@ from s2feature.api.schemas import (
     ReadyBody,
     StreamCheck,
 )
-from s2feature.api.tasks import TaskRegistry
+from s2feature.jobs.tasks import TaskRegistry
 from s2feature.service.health import (
     Finding,
     Health,
@@ -136,6 +138,7 @@ def create_app(
     tasks: TaskRegistry | None = None,
     known_symbols: KnownSymbols = set,
     recompute_rate: RateLimitItem = RECOMPUTE_RATE,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The HTTP app, reading `loop_status` and `config_status` on every request.
 
@@ -146,6 +149,7 @@ def create_app(
     answer 503). `tasks` runs the recompute tasks (None: 503); the app starts its worker on
     startup and closes it on shutdown. `known_symbols` lists the lake's symbols, the only ones a
     recompute may name. `recompute_rate` limits `POST /features/recompute` per instance.
+    `metrics_registry` is served at `GET /metrics` (None: no such route).
     """
     limits = limits or HealthLimits()
 
@@ -167,6 +171,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(recompute_router(tasks, known_symbols, api_token, recompute_rate))
+    if metrics_registry is not None:
+        app.include_router(metrics_router(metrics_registry))
 
     def judge() -> tuple[LoopStatus, ConfigStatus, Health, float]:
         # One read of each published value: the body describes exactly what was judged.

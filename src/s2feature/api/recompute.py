@@ -34,13 +34,15 @@ from s2feature.api.recompute_schemas import (
     RecomputeBody,
     TaskStatus,
 )
-from s2feature.api.tasks import (
-    DAY_MS,
-    RecomputeRequest,
+from s2feature.domain import DAY_MS
+from s2feature.jobs.recompute import RecomputeRequest
+from s2feature.jobs.tasks import (
     RegistryClosedError,
     ScopeConflictError,
     TaskRegistry,
+    TaskView,
 )
+from s2feature.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +167,12 @@ def recompute_router(
         dependencies=[Depends(over_rate)],
     )
     async def post_recompute(request: Request) -> JSONResponse:
-        """Queue a recompute of `symbols` x `windows` over `[from_ts, to_ts)`."""
+        """Queue a recompute of `symbols` x `windows` for every t0 in `[from_ts, to_ts]`."""
         scope = await _read_request(request, known_symbols)
+        tasks_of_instance = registry()
         try:
-            view = registry().submit(scope)
+            # Storing the task is I/O: off the event loop.
+            view = await run_in_threadpool(tasks_of_instance.submit, scope)
         except ScopeConflictError as exc:
             body = ConflictBody(
                 errors=[FieldError(field=None, message=str(exc))], task_id=exc.task_id
@@ -176,6 +180,9 @@ def recompute_router(
             return JSONResponse(body.model_dump(), status_code=409)
         except RegistryClosedError as exc:
             raise ApiError.one(503, None, str(exc)) from exc
+        except StoreError as exc:
+            log.exception("cannot store a recompute task", extra={"event": "task_store_error"})
+            raise ApiError.one(503, None, f"the task store cannot be reached: {exc}") from exc
         accepted = Accepted(
             accepted=True, task_id=view.task_id, estimated_batches=view.batches_total
         )
@@ -188,7 +195,15 @@ def recompute_router(
     @router.get(TASK_PATH + "/{task_id}", responses=_GET_RESPONSES)
     async def get_recompute(task_id: str) -> TaskStatus:
         """A task's state and progress."""
-        view = registry().get(task_id)
+        tasks_of_instance = registry()
+        try:
+            # A task this instance does not hold is read from the task store: off the loop.
+            view: TaskView | None = await run_in_threadpool(tasks_of_instance.get, task_id)
+        except RegistryClosedError as exc:
+            raise ApiError.one(503, None, str(exc)) from exc
+        except StoreError as exc:
+            log.exception("cannot read a recompute task", extra={"event": "task_store_error"})
+            raise ApiError.one(503, None, f"the task store cannot be reached: {exc}") from exc
         if view is None:
             raise ApiError.one(404, "task_id", f"no task {task_id}")
         return TaskStatus(

@@ -24,16 +24,17 @@ class _Schema(BaseModel):
 class RecomputeBody(_Schema):
     """Body of `POST /features/recompute`.
 
-    Beyond this schema: every symbol must be known to the lake, `from_ts < to_ts`, and the span
-    is at most 90 days. Duplicates in `symbols` or `windows` count once.
+    Every snapshot whose t0 is in `[from_ts, to_ts]` (both inclusive) is recomputed. Beyond this
+    schema: every symbol must be known to the lake, `from_ts < to_ts`, and `to_ts - from_ts` is
+    at most 90 days. Duplicates in `symbols` or `windows` count once.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     symbols: list[Symbol] = Field(min_length=1, description="symbols known to the lake")
     windows: list[Window] = Field(min_length=1, description="a non-empty subset of the windows")
-    from_ts: EpochMs = Field(description="start of the range, inclusive (epoch ms)")
-    to_ts: EpochMs = Field(description="end of the range, exclusive (epoch ms)")
+    from_ts: EpochMs = Field(description="first t0 of the range, inclusive (epoch ms)")
+    to_ts: EpochMs = Field(description="last t0 of the range, inclusive (epoch ms)")
     force: bool = Field(
         default=False,
         description="rewrite every signal; false writes only absent ones or ones of another rev",

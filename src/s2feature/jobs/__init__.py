@@ -1,4 +1,6 @@
-"""Jobs that run beside the consumer loop: the recompute of a range from the lake (SPEC §10)."""
+"""Jobs that run beside the consumer loop (SPEC §10): the recompute of a range from the lake
+(`recompute`), its tasks kept in the store and resumed (`tasks`, `task_runner`), the scheduler of
+periodic jobs with its Redis run lock (`schedule`) and the hourly gap fill (`gap_fill`)."""
 
 from s2feature.jobs.recompute import (
     Batch,
@@ -7,6 +9,8 @@ from s2feature.jobs.recompute import (
     RecomputePlan,
     RecomputeRequest,
     RecomputeResult,
+    Resume,
+    ResumeRefusedError,
     plan,
     run_recompute,
 )
@@ -18,6 +22,8 @@ __all__ = [
     "RecomputePlan",
     "RecomputeRequest",
     "RecomputeResult",
+    "Resume",
+    "ResumeRefusedError",
     "plan",
     "run_recompute",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config.overrides import BundleOverrides
 from s2feature.config_source.files import load_bundle
 from s2feature.data.importers import load_klines
 from s2feature.domain import BarArrays, SeriesId
@@ -61,14 +62,23 @@ class JobEnvironment:
 
 
 def job_environment(
-    config_file: Path | None, lake_dir: Path, symbols: str, store: StoreSettings
+    config_file: Path | None,
+    lake_dir: Path,
+    symbols: str,
+    store: StoreSettings,
+    overrides: BundleOverrides | None = None,
 ) -> JobEnvironment:
     """The environment of the values of `S2_CONFIG_FILE`, `S2_LAKE_DIR`, `S2_SYMBOLS` and the
-    `S2_DB_*` store settings; ConfigurationError naming the variable that cannot be used."""
+    `S2_DB_*` store settings, with the `S2_DQC_*`/`S2_REGIME_*` overrides merged over the bundle
+    as the service merges them; ConfigurationError naming the variable that cannot be used."""
     try:
         bundle = load_bundle(config_file) if config_file else ConfigBundle()
     except BundleError as exc:
         raise ConfigurationError(f"S2_CONFIG_FILE: {exc}") from None
+    try:
+        bundle = overrides.apply(bundle) if overrides is not None else bundle
+    except BundleError as exc:
+        raise ConfigurationError(f"S2_DQC_*/S2_REGIME_* overrides: {exc}") from None
     try:
         series = [SeriesId.parse(item) for item in symbols.split(",") if item.strip()]
     except ValueError as exc:

@@ -22,16 +22,16 @@ from typing import Any, Final
 
 import numpy as np
 
-from s2feature.compute.batch import WindowColumns, compute_columns, materialise
+from s2feature.compute.batch import WindowColumns, compute_columns
 from s2feature.compute.engine import validate_windows
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import DAY_MS, WINDOWS, BarArrays, SeriesId, interval_ms
-from s2feature.dqc.verdict import FX_LATE, routing
+from s2feature.dqc.verdict import FX_LATE
 from s2feature.errors import ConfigurationError
+from s2feature.jobs.recompute_rows import signal_rows
 from s2feature.jobs.warmup import warmup_start
 from s2feature.lake.parquet import BarLake
-from s2feature.store.base import SignalRow, Store, recompute_event_id
-from s2feature.store.snapshot_rows import prepare_snapshot
+from s2feature.store.base import Store, recompute_event_id
 
 __all__ = [
     "FALLBACK_MARKET",
@@ -43,11 +43,15 @@ __all__ = [
     "RecomputePlan",
     "RecomputeRequest",
     "RecomputeResult",
+    "Resume",
+    "ResumeRefusedError",
     "plan",
     "run_recompute",
 ]
 
 MODE: Final = "recompute"
+# Signals per store transaction of the job (a batch is written in chunks of this many).
+WRITE_CHUNK_ROWS: Final = 250
 # The lake knows symbols only; a symbol the caller gives no series for is recomputed as this.
 FALLBACK_VENUE: Final = "offline"
 FALLBACK_MARKET: Final = "spot"
@@ -55,6 +59,10 @@ FALLBACK_MARKET: Final = "spot"
 
 class RecomputeError(ConfigurationError):
     """A recompute request that cannot be run (the message names the bad field)."""
+
+
+class ResumeRefusedError(RecomputeError):
+    """An interrupted task cannot be resumed safely (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,12 @@ class RecomputeRequest:
                 f"from_ts/to_ts: need 0 <= from_ts < to_ts, got {self.from_ts}, {self.to_ts}"
             )
 
+    def overlaps(self, other: RecomputeRequest) -> bool:
+        """Whether the two scopes share a symbol and a t0 (windows do not matter); both ranges
+        are inclusive, so ranges that share only their end point overlap."""
+        shared = not set(self.symbols).isdisjoint(other.symbols)
+        return shared and self.from_ts <= other.to_ts and other.from_ts <= self.to_ts
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -110,11 +124,25 @@ class RecomputePlan:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported after each finished batch; counts are cumulative for the task."""
+    """Reported after each finished batch; counts are cumulative for the task (a resumed task
+    counts what its earlier runs did too). `config_rev` is the rev the signals are written under."""
 
     batches_done: int
     batches_total: int
     signals_written: int
+    signals_skipped: int = 0
+    config_rev: str | None = None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a task stopped: its first `batches_done` batches are written and are not run again;
+    the counts carry on from there."""
+
+    batches_done: int = 0
+    signals_written: int = 0
+    signals_skipped: int = 0
+    config_rev: str | None = None  # the rev the earlier run wrote under (None: not known)
 
 
 @dataclass(frozen=True)
@@ -179,10 +207,12 @@ def _compute_symbol(
     bars = lake.read(series.symbol, from_open_time=min(starts.values()), to_close_time=req.to_ts)
     fx = _fx_bars(lake, series, windows, min(starts.values()), req.to_ts, b)
     out = _SymbolColumns(series)
-    for window in windows:
-        first = int(np.searchsorted(bars.open_time, starts[window], side="left"))
-        base = bars.slice(first, len(bars))
-        out.columns.extend(compute_columns(base, series, [window], b, fx))
+    # Windows with the same warm-up start share one call: the base-level families are then
+    # evaluated once for all of them (a value at t0 does not depend on the other t0s asked for).
+    for start in sorted(set(starts.values())):
+        same = [w for w in windows if starts[w] == start]
+        first = int(np.searchsorted(bars.open_time, start, side="left"))
+        out.columns.extend(compute_columns(bars.slice(first, len(bars)), series, same, b, fx))
     return out
 
 
@@ -238,43 +268,61 @@ def run_recompute(
     progress: Callable[[Progress], None] = lambda _: None,
     stop: threading.Event | None = None,
     now_ms: Callable[[], int] = _now_ms,
+    resume: Resume | None = None,
 ) -> RecomputeResult:
     """Run a planned task to its end (or until `stop` is set, checked before each batch).
 
+    `resume` skips the batches an earlier run of the same task finished (a plan is deterministic:
+    the same request, lake and bundle give the same batches, and a batch's values do not depend
+    on which batches ran before it, as each symbol is computed from its warm-up start).
+
     `bundle` must be the one the plan was made for (its `rev` is the plan's `config_rev`). Each
-    batch is written with one `Store.write_batch`, then `progress` is called. At the end, also
+    batch is written in `Store.write_batch` calls of `WRITE_CHUNK_ROWS` signals, then
+    `progress` is called. At the end, also
     when interrupted, the task's FEATURE_RECOMPUTE event is upserted (`recompute_event_id`).
     Store errors propagate; batches already written stay written (rewriting them is harmless).
     """
     if bundle.rev != plan.config_rev:
         raise RecomputeError(f"bundle rev {bundle.rev!r} is not the plan's {plan.config_rev!r}")
     req = plan.request
-    realtime, persist_all = bundle.mode.realtime, bundle.mode.persist_all
     total = plan.estimated_batches
-    done = written = skipped = 0
+    start = resume or Resume()
+    if start.config_rev is not None and start.config_rev != plan.config_rev:
+        # Finishing under another rev would leave the range half in each rev.
+        raise ResumeRefusedError(
+            f"the config rev changed from {start.config_rev} to {plan.config_rev} since the "
+            "task started; submit it again to recompute the whole range under the new rev"
+        )
+    if not 0 <= start.batches_done <= total:
+        raise ResumeRefusedError(
+            f"the task had finished {start.batches_done} batches, but it now plans {total}"
+        )
+    done, written, skipped = start.batches_done, start.signals_written, start.signals_skipped
     computed: _SymbolColumns | None = None
-    for batch in plan.batches:
+    for batch in plan.batches[done:]:
         if stop is not None and stop.is_set():
             break
+        if done > start.batches_done:
+            # Between batches: let the other threads (the consumer loop) take the interpreter.
+            time.sleep(0)
         series = plan.series[batch.symbol]
         if computed is None or computed.series != series:
             computed = _compute_symbol(lake, series, plan.windows, req, bundle)
         columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
-        snaps = [
-            s for s in materialise(columns, series, bundle) if routing(s, realtime, persist_all)[0]
-        ]
-        if not req.force and snaps:
+        rows = signal_rows(columns, series, bundle, MODE, now_ms())  # what routing stores
+        if not req.force and rows:
             revs = _stored_revs(store, batch)
-            fresh = [s for s in snaps if revs.get(s.signal_id) != plan.config_rev]
-            skipped += len(snaps) - len(fresh)
-            snaps = fresh
-        computed_at = now_ms()
-        rows: list[SignalRow] = [prepare_snapshot(s, MODE, computed_at) for s in snaps]
-        if rows:
-            store.write_batch(rows, [])
+            fresh = [r for r in rows if revs.get(r.signal_id) != plan.config_rev]
+            skipped += len(rows) - len(fresh)
+            rows = fresh
+        for start_row in range(0, len(rows), WRITE_CHUNK_ROWS):
+            # Short transactions: the service loop's writes to the same database wait at most
+            # one chunk's write, never a whole day's (1,752 rows for 1m,5m,1h).
+            store.write_batch(rows[start_row : start_row + WRITE_CHUNK_ROWS], [])
+            time.sleep(0)
         written += len(rows)
         done += 1
-        progress(Progress(done, total, written))
+        progress(Progress(done, total, written, skipped, plan.config_rev))
     interrupted = done < total
     event = _task_event(plan, task_id, written, skipped, done, interrupted, now_ms())
     store.write_batch([], [event])

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from s2feature.config.bundle import BundleError, ConfigBundle, bundle_changes
+from s2feature.config.overrides import BundleOverrides
 from s2feature.config_source.cache import BundleCache, CachedBundle, CacheError
 from s2feature.config_source.files import load_bundle
 from s2feature.config_source.remote import (
@@ -69,6 +70,8 @@ class ConfigSourceSettings:
     poll_s: safety-net poll period in seconds, beside the `cfg:events` triggers.
     cache_path: where the last good bundle from the service is kept.
     timeout_s: bound on one whole `GET /active` exchange.
+    overrides: the `S2_DQC_*`/`S2_REGIME_*` values merged over every bundle from any source
+    (`config/overrides.py`); the cache keeps the source's bundle, without them.
     """
 
     url: str | None = field(default=None, repr=False)  # may hold credentials: see __repr__
@@ -76,6 +79,7 @@ class ConfigSourceSettings:
     poll_s: float = 30.0
     cache_path: Path = Path("data/config-cache.json")
     timeout_s: float = 5.0
+    overrides: BundleOverrides = field(default_factory=BundleOverrides)
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -89,7 +93,8 @@ class ConfigSourceSettings:
         url = display_url(self.url) if self.url is not None else None
         return (
             f"ConfigSourceSettings(url={url!r}, file={self.file!r}, poll_s={self.poll_s!r}, "
-            f"cache_path={self.cache_path!r}, timeout_s={self.timeout_s!r})"
+            f"cache_path={self.cache_path!r}, timeout_s={self.timeout_s!r}, "
+            f"overrides={self.overrides!r})"
         )
 
     @property
@@ -155,6 +160,7 @@ class ConfigWatcher:
         )
         self._cache = BundleCache(settings.cache_path)
         self._etag: str | None = None  # the service's ETag for the active bundle
+        self._fetched: ConfigBundle | None = None  # the service's last bundle, before overrides
         self._rejected = 0
         self._last_error: str | None = None
         self._last_success_at: float | None = None
@@ -260,9 +266,10 @@ class ConfigWatcher:
                 raise _RejectedError(str(exc)) from None
             if fetched is None:
                 return None
-            bundle = fetched.bundle
+            bundle = self._overridden(fetched.bundle)
             self._check(bundle)
             self._etag = fetched.etag
+            self._fetched = fetched.bundle
             return bundle
         if self.settings.file is not None:
             try:
@@ -271,8 +278,20 @@ class ConfigWatcher:
                 raise _RejectedError(" ".join(str(exc).split())) from None
         else:
             bundle = ConfigBundle()
+        bundle = self._overridden(bundle)
         self._check(bundle)
         return bundle
+
+    def _overridden(self, bundle: ConfigBundle) -> ConfigBundle:
+        """The bundle with the environment's overrides merged in; refused when the merge does
+        not validate (e.g. an `S2_REGIME_FROZEN_BELOW` above the bundle's `extreme_above`)."""
+        try:
+            return self.settings.overrides.apply(bundle)
+        except BundleError as exc:
+            reason = " ".join(str(exc).split())
+            raise _RejectedError(
+                f"bundle {bundle.rev} refused with the S2_DQC_*/S2_REGIME_* overrides: {reason}"
+            ) from None
 
     def _check(self, bundle: ConfigBundle) -> None:
         try:
@@ -349,21 +368,22 @@ class ConfigWatcher:
         if cached is None:
             return
         try:
-            self._validate(cached.bundle)
+            bundle = self._overridden(cached.bundle)
+            self._validate(bundle)
         except Exception as exc:
             reason = f"cached bundle {cached.bundle.rev} refused: {' '.join(str(exc).split())}"
             self._last_error = f"{self._last_error}; {reason}" if self._last_error else reason
             log.error(reason, extra={"event": "config_cache_unusable", "reason": reason})
             return
-        self.active.set(ActiveBundle(cached.bundle, "cache", cached.fetched_at))
+        self.active.set(ActiveBundle(bundle, "cache", cached.fetched_at))
         log.warning(
             "config service unreachable; running on the cached bundle %s fetched at %s",
-            cached.bundle.rev,
+            bundle.rev,
             cached.fetched_at,
             extra={
                 "event": "config_applied",
                 "old_rev": None,
-                "new_rev": cached.bundle.rev,
+                "new_rev": bundle.rev,
                 "changed": [],
                 "source": "cache",
                 "trigger": trigger,
@@ -373,8 +393,11 @@ class ConfigWatcher:
     def _write_cache(self, bundle: ConfigBundle, source: ConfigSource, now: float) -> None:
         if source != "url" or self._client is None:
             return
+        # The source's own bundle: overrides are merged on every read, so a cache never carries
+        # the overrides of an earlier start.
+        raw = self._fetched if self._fetched is not None else bundle
         try:
-            self._cache.write(CachedBundle(bundle, now, self._client.url))
+            self._cache.write(CachedBundle(raw, now, self._client.url))
         except CacheError as exc:
             # The bundle is applied all the same; only a later start without the service loses.
             log.error(str(exc), extra={"event": "config_cache_write_failed", "reason": str(exc)})

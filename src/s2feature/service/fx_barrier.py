@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, Final
 
 from s2feature.compute.correlation import CORRELATION_FEATURES
-from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.fx_closes import LiveFxCloses
 from s2feature.domain import Bar, Snapshot
 from s2feature.dqc.verdict import FX_LATE
@@ -70,14 +69,17 @@ class FxGate:
         bar, deadline = self.held[0]
         return bar.close_time <= self.closes.known_until or now >= deadline
 
-    def feed(self, engine: SymbolEngine, bars: Sequence[Bar], now: float) -> list[Snapshot]:
-        """Hold `bars` (just ingested) behind the bars already held; feed the engine every held
-        bar that may go through now, in order, and return their snapshots."""
+    def feed(
+        self, on_base_bar: Callable[[Bar], list[Snapshot]], bars: Sequence[Bar], now: float
+    ) -> list[Snapshot]:
+        """Hold `bars` (just ingested) behind the bars already held; feed the engine
+        (`on_base_bar`) every held bar that may go through now, in order, and return their
+        snapshots."""
         held = self.held
         known = self.closes.known_until
         if not held and (not bars or bars[-1].close_time <= known):
             # The common case: the FX feed is ahead (or nothing waits): no bookkeeping.
-            return [snap for bar in bars for snap in engine.on_base_bar(bar)]
+            return [snap for bar in bars for snap in on_base_bar(bar)]
         deadline = now + self.max_wait_s
         held.extend((bar, deadline) for bar in bars)
         self.held_bars += sum(bar.close_time > known for bar in bars)
@@ -88,7 +90,7 @@ class FxGate:
             if not in_time and now < due:
                 break
             held.popleft()
-            snaps = engine.on_base_bar(bar)
+            snaps = on_base_bar(bar)
             if not in_time:
                 snaps = [self._late(s) if s.t0 > known else s for s in snaps]
             out.extend(snaps)

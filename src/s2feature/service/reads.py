@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Final
@@ -86,6 +87,7 @@ class Reader:
             if self.ownership.due():
                 self.ownership.renew_owned()  # a long backlog must not outlast the lease
                 continue
+            worker.read_started = time.perf_counter()
             entries = self.backoff.call(
                 "read pending", partial(worker.io.read_pending, self.batch_size, cursor)
             )
@@ -132,6 +134,9 @@ class Reader:
             wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
         keys = [w.io.key for w in owned]
+        started = time.perf_counter()
+        for worker in owned:
+            worker.read_started = started
         read = partial(
             read_new_of_any, client, self.group, self.consumer, keys, self.batch_size, block_ms
         )
@@ -159,6 +164,7 @@ class Reader:
                 # this read may have delivered.
                 log.warning("%s: read ahead failed (%s); reading again", worker.series.symbol, exc)
         if collected is None:
+            worker.read_started = time.perf_counter()
             read = partial(worker.io.read_new_checked, self.batch_size, applied_id(worker))
             collected = self.backoff.call("read", read)
         entries, lost = collected
@@ -170,6 +176,7 @@ class Reader:
         if not sends_ahead(self.client):
             return None
         try:
+            worker.read_started = time.perf_counter()
             return ReadAhead(worker.io, self.batch_size, applied_id(worker))
         except redis.RedisError as exc:
             if not is_retryable(exc):
@@ -179,6 +186,7 @@ class Reader:
     def _wait_on(self, worker: SeriesWorker, block_ms: int) -> int:
         """Block on one stream until it has new entries (or `block_ms` passed), and process
         them; returns how many were read."""
+        worker.read_started = time.perf_counter()
         entries = self.backoff.call("read", partial(worker.io.read_new, self.batch_size, block_ms))
         return self._apply_new(worker, entries, self._lost_before(worker, entries))
 

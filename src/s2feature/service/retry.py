@@ -40,11 +40,15 @@ class Backoff:
         base_s: float = 0.05,
         cap_s: float = 5.0,
         on_retry: Callable[[], None] | None = None,
+        on_failure: Callable[[Dependency], None] | None = None,
     ) -> None:
+        """`on_retry` runs before each wait, `on_failure` (metrics) with the failing
+        dependency."""
         self.stop = stop
         self.base_s = base_s
         self.cap_s = cap_s
         self.on_retry = on_retry
+        self.on_failure = on_failure
         self.failing: dict[Dependency, DependencyStatus] = {}
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
@@ -56,7 +60,9 @@ class Backoff:
                 if not isinstance(exc, StoreUnavailable) and not is_retryable(exc):
                     raise
                 attempt += 1
-                self._record(exc)
+                dependency = self._record(exc)
+                if self.on_failure is not None:
+                    self.on_failure(dependency)
                 delay = min(self.cap_s, self.base_s * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning(
                     "retry %s after %s (attempt %d, %.2f s)",
@@ -64,7 +70,14 @@ class Backoff:
                     exc,
                     attempt,
                     delay,
-                    extra={"event": "retry", "what": what, "attempt": attempt, "delay_s": delay},
+                    extra={
+                        "event": "retry",
+                        "what": what,
+                        "dependency": dependency,
+                        "attempt": attempt,
+                        "delay_s": round(delay, 3),
+                        "error": str(exc),
+                    },
                 )
                 if self.on_retry is not None:
                     self.on_retry()
@@ -77,7 +90,7 @@ class Backoff:
                     self.failing = {}
                 return result
 
-    def _record(self, exc: BaseException) -> None:
+    def _record(self, exc: BaseException) -> Dependency:
         dependency: Dependency = "store" if isinstance(exc, StoreUnavailable) else "redis"
         before = self.failing.get(dependency)
         since = before.failing_since if before is not None else time.time()
@@ -85,6 +98,7 @@ class Backoff:
             **self.failing,
             dependency: DependencyStatus(ok=False, failing_since=since, last_error=str(exc)),
         }
+        return dependency
 
     def status_of(self, dependency: Dependency) -> DependencyStatus:
         return self.failing.get(dependency) or DependencyStatus()

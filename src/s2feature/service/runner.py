@@ -24,7 +24,10 @@ from functools import partial
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
+from s2feature.observability.metrics import Metrics
+from s2feature.observability.tracing import SignalTracer
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.observe import BatchObserver
 from s2feature.service.ownership import Ownership
 from s2feature.service.reads import Reader
 from s2feature.service.reporting import StatusReporter
@@ -52,7 +55,10 @@ class Service:
         stop: threading.Event | None = None,
         status: Published[LoopStatus] | None = None,
         bundles: Callable[[], ConfigBundle] | None = None,
+        metrics: Metrics | None = None,
+        tracer: SignalTracer | None = None,
     ) -> None:
+        """`metrics` (None: none kept) and `tracer` (None: no traces) observe the batches."""
         self.settings = settings
         self.client = client
         self.stop = stop or threading.Event()  # set to stop between batches
@@ -60,7 +66,11 @@ class Service:
         # The active config bundle, read once per batch (a config watcher swaps it whole).
         self.active_bundle = bundles or (lambda: settings.bundle)
         self.started = False
-        self.backoff = Backoff(self.stop, on_retry=self.publish_status)
+        self.backoff = Backoff(
+            self.stop,
+            on_retry=self.publish_status,
+            on_failure=None if metrics is None else metrics.retried,
+        )
         # The FX series' bars to the other symbols, through the FX barrier (None without FX).
         self.fx = FxLeg.of(
             client,
@@ -74,6 +84,10 @@ class Service:
             s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake, self.fx)
             for s in settings.series
         }
+        for worker in self.workers.values():
+            symbol = worker.series.symbol
+            series_metrics = None if metrics is None else metrics.series(symbol, settings.windows)
+            worker.observer = BatchObserver(symbol, series_metrics, tracer)
         self.ownership = Ownership(
             self.workers, self.backoff, settings.claim_idle_ms, on_taken=self._take_over
         )
@@ -153,10 +167,11 @@ class Service:
     def _process(
         self, worker: SeriesWorker, entries: list[Entry], counts: dict[str, int] | None
     ) -> None:
+        read_at = time.perf_counter()  # the read that delivered `entries` has just returned
         bundle = self.active_bundle()
         if bundle is not worker.bundle:
             self._apply_bundle(worker, bundle)
-        outputs: BatchOutputs = worker.compute(entries, counts)
+        outputs: BatchOutputs = worker.compute(entries, counts, read_at)
         if worker.fx_feed is not None:
             self._fx_release()  # the FX bars just computed let the waiting symbols' out first
         # The previous batch's emit script ran in Redis while this one was computed; the commit

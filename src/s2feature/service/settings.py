@@ -5,6 +5,7 @@ message naming the variable (`SettingsError`, exit code 2 in the CLI).
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s2feature.config.bundle import BundleError, ConfigBundle
+from s2feature.config.overrides import OVERRIDABLE, BundleOverrides, OverrideError
 from s2feature.config_source.files import load_bundle
 from s2feature.domain import WINDOWS, SeriesId, interval_ms
 from s2feature.errors import ConfigurationError
@@ -23,6 +25,8 @@ from s2feature.store.factory import StoreSettings
 from s2feature.streams.client import RedisSettings
 
 ENV_PREFIX = "S2_"
+# The OpenTelemetry variable of the exporter's endpoint, read under its standard name.
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 MAX_BATCH_SIZE = 200  # entries per XREADGROUP: bounds the latency one batch adds to the others
 
 
@@ -68,6 +72,25 @@ class EnvSettings(BaseSettings):
     api_port: int = Field(8080, ge=0, lt=65536)  # 0: any free port (tests)
     lag_degraded_ms: int = Field(60_000, gt=0)
     fx_max_wait_ms: int = Field(2_000, ge=0)
+    # Overrides of the bundle's `dqc` and `regime` fields (`config/overrides.py`): unset keeps
+    # the bundle's value. Types and bounds are the bundle's, checked in `bundle_overrides_of`.
+    dqc_jump_lookback: str | None = None
+    dqc_jump_mad_multiplier: str | None = None
+    dqc_mad_floor_ratio: str | None = None
+    regime_frozen_below: str | None = None
+    regime_extreme_above: str | None = None
+    regime_reference_symbol: str | None = None
+    trace_sample: float = Field(0.01, ge=0.0, le=1.0)
+    otlp_endpoint: str | None = Field(None, validation_alias=OTLP_ENDPOINT_ENV)
+    # The bearer token of the /features/* routes; unset or empty: those routes answer 503.
+    api_token: SecretStr | None = None
+    recompute_lookback: str = "2h"
+
+    @field_validator("recompute_lookback")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration_ms(value)  # ValueError names the format
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -81,6 +104,14 @@ class EnvSettings(BaseSettings):
         "config_file",
         "config_url",
         "db_arango_uri",
+        "dqc_jump_lookback",
+        "dqc_jump_mad_multiplier",
+        "dqc_mad_floor_ratio",
+        "regime_frozen_below",
+        "regime_extreme_above",
+        "regime_reference_symbol",
+        "otlp_endpoint",
+        "api_token",
         mode="before",
     )
     @classmethod
@@ -95,7 +126,21 @@ class EnvSettings(BaseSettings):
             for key, value in env.items()
             if key.upper().startswith(ENV_PREFIX)
         }
+        if OTLP_ENDPOINT_ENV in env:
+            values[OTLP_ENDPOINT_ENV] = env[OTLP_ENDPOINT_ENV]
         return cls.model_validate(values)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """`2h`, `90m`, `45s`, `1d`, `500ms`, or a plain number of milliseconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"expected a duration like 2h, 90m, 45s, 1d or milliseconds, got {text!r}")
+    return int(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +148,7 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     lag_degraded_ms: int = 60_000
+    token: SecretStr | None = None  # SecretStr: printing the settings never shows it
 
 
 @dataclass(frozen=True)
@@ -131,9 +177,29 @@ class Settings:
     log_level: str = "INFO"
     # Longest wall time a symbol's bar waits for the FX w-bar closing with it (the FX barrier).
     fx_max_wait_ms: int = 2_000
+    trace_sample: float = 0.01  # share of signals traced, when traces are exported
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; None: no traces
+    # The hourly gap fill recomputes this much before each full hour (0: no hourly gap fill).
+    recompute_lookback_ms: int = 7_200_000
+
+
+def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
+    """The `S2_DQC_*` and `S2_REGIME_*` overrides; `SettingsError` naming a bad variable."""
+    # From the bundle's fields, not from every `S2_DQC_*`/`S2_REGIME_*` name: other settings
+    # (of the regime job, say) may share the prefix without being bundle fields.
+    values = {
+        section: {name: getattr(raw, f"{section}_{name}", None) for name in model.model_fields}
+        for section, model in OVERRIDABLE.items()
+    }
+    try:
+        return BundleOverrides.of(values)
+    except OverrideError as exc:
+        variable = ENV_PREFIX + exc.field.replace(".", "_").upper()
+        raise SettingsError(f"{variable}: {str(exc).split(': ', 1)[1]}") from None
 
 
 def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
+    overrides = bundle_overrides_of(raw)
     try:
         return ConfigSourceSettings(
             url=raw.config_url,
@@ -141,6 +207,7 @@ def config_source_of(raw: EnvSettings) -> ConfigSourceSettings:
             poll_s=raw.config_poll_s,
             cache_path=raw.config_cache,
             timeout_s=raw.config_timeout_s,
+            overrides=overrides,
         )
     except ValueError as exc:  # an unusable URL
         raise SettingsError(f"S2_CONFIG_URL: {exc}") from None
@@ -217,11 +284,33 @@ def store_settings_of(raw: EnvSettings) -> StoreSettings:
     )
 
 
+def redis_settings_of(raw: EnvSettings) -> RedisSettings:
+    """The Redis connection of `S2_REDIS_*` (the service's, and the jobs' that write to Redis)."""
+    password = raw.redis_password.get_secret_value() if raw.redis_password else None
+    return RedisSettings(
+        addresses=_addresses(raw.redis_addresses),
+        username=raw.redis_username,
+        password=password,
+        # Longer than the blocking read and than WAIT, or idle reads and waits time out.
+        socket_timeout_s=5.0 + max(raw.block_ms, raw.redis_wait_ms) / 1000,
+        min_replicas=raw.redis_min_replicas,
+        wait_ms=raw.redis_wait_ms,
+    )
+
+
 def settings_of(raw: EnvSettings) -> Settings:
     try:
         bundle = load_bundle(raw.config_file) if raw.config_file else ConfigBundle()
     except BundleError as exc:
         raise SettingsError(f"S2_CONFIG_FILE: {exc}") from None
+    config = config_source_of(raw)
+    try:
+        bundle = config.overrides.apply(bundle)
+    except BundleError as exc:
+        # A check across fields (regime.frozen_below < regime.extreme_above) against the bundle
+        # at start; with a config service, its bundles are checked as they arrive.
+        if raw.config_url is None:
+            raise SettingsError(f"S2_DQC_*/S2_REGIME_* overrides: {exc}") from None
     if raw.block_ms * 3 >= raw.claim_idle_ms:
         # Stream leases are renewed between reads, three times per TTL.
         raise SettingsError(
@@ -235,17 +324,8 @@ def settings_of(raw: EnvSettings) -> Settings:
             "S2_DB_ARANGO_URI: set while S2_DB_BACKEND is sqlite (the default); set "
             "S2_DB_BACKEND=arango to use ArangoDB, or unset S2_DB_ARANGO_URI"
         )
-    password = raw.redis_password.get_secret_value() if raw.redis_password else None
     return Settings(
-        redis=RedisSettings(
-            addresses=_addresses(raw.redis_addresses),
-            username=raw.redis_username,
-            password=password,
-            # Longer than the blocking read and than WAIT, or idle reads and waits time out.
-            socket_timeout_s=5.0 + max(raw.block_ms, raw.redis_wait_ms) / 1000,
-            min_replicas=raw.redis_min_replicas,
-            wait_ms=raw.redis_wait_ms,
-        ),
+        redis=redis_settings_of(raw),
         series=_series(raw.symbols),
         windows=parse_windows(raw.windows, bundle.base_ms, bundle.base_interval),
         group=raw.consumer_group.strip() or "s2",
@@ -258,8 +338,11 @@ def settings_of(raw: EnvSettings) -> Settings:
         claim_idle_ms=raw.claim_idle_ms,
         checkpoint_ms=raw.checkpoint_ms,
         store=store_settings_of(raw),
-        api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms),
-        config=config_source_of(raw),
+        api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms, raw.api_token),
+        config=config,
         log_level=raw.log_level,
         fx_max_wait_ms=raw.fx_max_wait_ms,
+        trace_sample=raw.trace_sample,
+        otlp_endpoint=raw.otlp_endpoint,
+        recompute_lookback_ms=parse_duration_ms(raw.recompute_lookback),
     )

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -34,7 +35,9 @@ from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
+from s2feature.observability.tracing import TracedSignal
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
@@ -55,6 +58,16 @@ class BatchOutputs:
     last_id: str | None = None  # newest entry whose effects the state now holds
     snapshots: int = 0
     last: bytes | None = None  # the `feat:last` document as of this batch, when it emits
+    # Times of the batch's steps (`time.perf_counter()` seconds), for metrics and traces: the
+    # read that delivered the entries was sent at `read_started` and returned by `read_at`.
+    read_started: float = 0.0
+    read_at: float = 0.0
+    # (started, done, snapshots) of every base bar that produced snapshots; filled only when
+    # the observer reads it (`BatchObserver.timed`).
+    produced: list[tuple[float, float, list[Snapshot]]] = field(default_factory=list)
+    traced: dict[str, TracedSignal] = field(default_factory=dict)  # sampled, by signal_id
+    persist: tuple[float, float] | None = None  # the store write
+    emit_started: float | None = None  # the emit script sent
 
 
 def describe(stale: Iterable[StateKey]) -> str:
@@ -87,6 +100,9 @@ class SeriesWorker:
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
         self.emitted = 0  # new emits, replays not counted
         self.bundle = settings.bundle  # the active bundle: replaced between batches only
+        self.observer = BatchObserver(series.symbol)  # metrics, logs, traces: set by the service
+        # When the read that delivers the next batch was sent (`reads.Reader` stamps it).
+        self.read_started = time.perf_counter()
         # The FX leg (`service/fx_feed.py`): the FX series' worker feeds and publishes its bars,
         # another symbol's engine reads FX closes and its bars pass the barrier.
         self.fx_feed = fx.feed if fx is not None and fx.fx_stream == series.stream_key else None
@@ -210,7 +226,10 @@ class SeriesWorker:
     # -- compute -------------------------------------------------------------------------------
 
     def compute(
-        self, entries: Sequence[Entry], deliveries: dict[str, int] | None = None
+        self,
+        entries: Sequence[Entry],
+        deliveries: dict[str, int] | None = None,
+        read_at: float | None = None,
     ) -> BatchOutputs:
         """Apply a batch in three stages: entries through the ingestor, then the base bars they
         finalised through the engine, then the snapshots to their outputs.
@@ -220,21 +239,37 @@ class SeriesWorker:
         now precede those of failing snapshots in the batch; they are upserted by distinct
         keys). Running each stage's code in one stretch keeps it hot in the CPU's caches: about
         a fifth faster than alternating between ingest, engine and routing on every entry.
-        """
-        out = BatchOutputs()
-        bars = self._ingest(entries, deliveries, out)
-        return self._outputs(self._snapshots(bars), out)
 
-    def _snapshots(self, bars: list[Bar]) -> list[Snapshot]:
-        """The engine's snapshots of new base bars; with the FX leg, the FX series' bars go to
-        the FX feed, and another symbol's bars pass the FX barrier first."""
+        `read_at` is when the read that delivered `entries` returned (`time.perf_counter()`,
+        now by default): the compute latency is measured from there.
+        """
+        out = BatchOutputs(read_started=self.read_started)
+        out.read_at = time.perf_counter() if read_at is None else read_at
+        bars = self._ingest(entries, deliveries, out)
+        return self._outputs(self._snapshots(bars, out), out)
+
+    def _snapshots(self, bars: list[Bar], out: BatchOutputs) -> list[Snapshot]:
+        """The engine's snapshots of new base bars (timed when the observer asks); with the FX
+        leg, the FX series' bars go to the FX feed, and another symbol's bars pass the FX
+        barrier first."""
         if self.fx_feed is not None:
             self.fx_feed.add_bars(bars)
+        on_base_bar = self.engine.on_base_bar
+        if self.observer.timed():
+            on_base_bar = partial(self._timed_base_bar, out)
         if self.fx_gate is not None:
             # A bundle without rho_* has nothing to wait for: every held bar goes through.
             now = time.monotonic() if self._reads_fx() else math.inf
-            return self.fx_gate.feed(self.engine, bars, now)
-        return [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
+            return self.fx_gate.feed(on_base_bar, bars, now)
+        return [snap for bar in bars for snap in on_base_bar(bar)]
+
+    def _timed_base_bar(self, out: BatchOutputs, bar: Bar) -> list[Snapshot]:
+        clock = time.perf_counter
+        started = clock()
+        produced = self.engine.on_base_bar(bar)
+        if produced:
+            out.produced.append((started, clock(), produced))
+        return produced
 
     def _reads_fx(self) -> bool:
         enabled = self.bundle.features.enabled
@@ -246,15 +281,19 @@ class SeriesWorker:
 
     def release_fx(self) -> BatchOutputs:
         """The outputs of the held bars that may go through the FX barrier now (no entries)."""
-        return self._outputs(self._snapshots([]), BatchOutputs())
+        now = time.perf_counter()
+        out = BatchOutputs(read_started=now, read_at=now)
+        return self._outputs(self._snapshots([], out), out)
 
     def _outputs(self, snapshots: list[Snapshot], out: BatchOutputs) -> BatchOutputs:
+        observer = self.observer
         mode = self.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
         if out.emits:
             # Taken now: the next batch may be computed before this one's commit is settled.
             out.last = self._last_document()
+        observer.computed(out, mode.realtime, mode.persist_all)
         return out
 
     def _ingest(
@@ -349,12 +388,17 @@ class SeriesWorker:
         """
         self.settle()  # the previous batch's emits come first
         if out.signals or out.events:
+            started = time.perf_counter()
             self.store.write_batch(out.signals, out.events)
+            out.persist = (started, time.perf_counter())
+            self.observer.stored(out.persist[1] - started)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
         if self.fx_feed is not None:
             self.fx_feed.publish(out.bars)  # before a checkpoint can cover their entries
         sent = None
+        if out.emits:
+            out.emit_started = time.perf_counter()
         if out.emits and sends_ahead(self.io.client):
             keys, args = self.io.emit_request(
                 out.emits, self.settings.emit_maxlen, out.last, self.settings.last_ttl_s
@@ -386,6 +430,7 @@ class SeriesWorker:
         self._unlaked.extend(out.bars)
         if out.last_id is not None:
             self._unsaved_id = out.last_id
+        self.observer.settled(out)
 
     def discard_unsettled(self) -> None:
         """Drop the last commit's unread reply (shutdown, or the stream was taken over): its
@@ -403,6 +448,7 @@ class SeriesWorker:
         self.settle()
         if not self._unacked:
             return 0
+        checkpoint_bytes, started = None, time.perf_counter()
         if self._unlaked:
             # One lake part per checkpoint rather than per batch; an entry is acked only after
             # its base bars are in the lake, so a crash replays them from the stream.
@@ -410,8 +456,9 @@ class SeriesWorker:
             self._unlaked = []
         self.io.confirm_outputs()  # replicas hold the outputs before a checkpoint covers them
         if self._unsaved_id is not None:
-            self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
+            checkpoint_bytes = self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
         self.io.ack(self._unacked)
         acked = len(self._unacked)
         self._unacked, self._unsaved_id, self._flushed_at = [], None, now
+        self.observer.flushed(acked, time.perf_counter() - started, checkpoint_bytes)
         return acked

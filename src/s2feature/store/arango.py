@@ -30,12 +30,15 @@ from arango.errno import (
     QUEUE_TIME_REQUIREMENT_VIOLATED,
     READ_ONLY,
     SHUTTING_DOWN,
+    UNIQUE_CONSTRAINT_VIOLATED,
 )
 from arango.exceptions import ArangoError, ArangoServerError, ServerConnectionError
 from arango.http import DefaultHTTPClient, HTTPClient
 
 from s2feature.domain import WINDOWS
+from s2feature.redact import redact_urls
 from s2feature.store.base import (
+    RECOMPUTE_TASKS,
     SIGNALS,
     STRATEGY_EVENTS,
     EventRow,
@@ -46,6 +49,7 @@ from s2feature.store.base import (
     is_valid_key,
     prepare_events,
     prepare_signals,
+    prepare_task,
 )
 
 DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
@@ -60,6 +64,7 @@ SYSTEM_FIELDS: Final[frozenset[str]] = frozenset({"_key", "_id", "_rev"})
 INDEXES: Final[Mapping[str, tuple[str, tuple[str, ...]]]] = {
     SIGNALS: ("signals_by_series", ("symbol", "window", "t0")),
     STRATEGY_EVENTS: ("strategy_events_by_kind", ("kind", "symbol", "ts")),
+    RECOMPUTE_TASKS: ("recompute_tasks_by_owner", ("owner", "state")),
 }
 
 _PERMISSION_HTTP: Final = frozenset({401, 403})
@@ -117,7 +122,7 @@ def translate_arango_errors(action: str) -> Iterator[None]:
         raise
     except (ArangoError, OSError) as e:  # requests' exceptions are OSErrors too
         error_type = StoreUnavailable if is_retryable(e) else StoreError
-        raise error_type(f"arangodb {action}: {e}") from e
+        raise error_type(f"arangodb {action}: {redact_urls(str(e))}") from e
 
 
 def to_arango_document(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -350,6 +355,66 @@ class ArangoStore:
         # code point, and the order of event_ids must not depend on the backend
         events.sort(key=lambda event: (event["ts"], event["event_id"]))
         return events
+
+    def insert_task(self, doc: Mapping[str, Any]) -> bool:
+        """Store a new task; False when its `task_id` (`_key`) is taken (nothing written)."""
+        row = prepare_task(doc)
+        try:
+            with self._guard("insert task") as db:
+                db.collection(RECOMPUTE_TASKS).insert(to_arango_document(row.doc, row.task_id))
+        except StoreError as e:
+            cause = e.__cause__
+            if isinstance(cause, ArangoServerError) and (
+                cause.error_code == UNIQUE_CONSTRAINT_VIOLATED
+            ):
+                return False
+            raise
+        return True
+
+    def save_task(self, doc: Mapping[str, Any]) -> None:
+        """Replace-or-insert a task document keyed by `task_id` (`_key`)."""
+        row = prepare_task(doc)
+        with self._guard("save task") as db:
+            db.collection(RECOMPUTE_TASKS).insert(
+                to_arango_document(row.doc, row.task_id), overwrite_mode="replace"
+            )
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The stored task, or None."""
+        self._check_open("get task")
+        if not is_valid_key(task_id):
+            return None  # no stored task can have this id
+        aql = (
+            f"FOR t IN {RECOMPUTE_TASKS} FILTER t._key == @key LIMIT 1 "
+            'RETURN UNSET(t, "_key", "_id", "_rev")'
+        )
+        found = self._query("get task", aql, {"key": task_id})
+        return found[0] if found else None
+
+    def query_tasks(
+        self,
+        owner: str | None = None,
+        states: Sequence[str] | None = None,
+        id_prefix: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks, optionally of one owner, in some states, with an id prefix; by `task_id`."""
+        filters: list[str] = []
+        bind_vars: dict[str, Any] = {}
+        if owner is not None:
+            filters.append("t.owner == @owner")
+            bind_vars["owner"] = owner
+        if states is not None:
+            filters.append("t.state IN @states")
+            bind_vars["states"] = list(states)
+        if id_prefix is not None:
+            filters.append("LEFT(t.task_id, @prefix_length) == @prefix")
+            bind_vars["prefix_length"] = len(id_prefix)
+            bind_vars["prefix"] = id_prefix
+        where = f"FILTER {' AND '.join(filters)} " if filters else ""
+        aql = f'FOR t IN {RECOMPUTE_TASKS} {where}RETURN UNSET(t, "_key", "_id", "_rev")'
+        tasks = self._query("query tasks", aql, bind_vars)
+        tasks.sort(key=lambda task: str(task["task_id"]))  # by code point, as on SQLite
+        return tasks
 
     def count_signals(self) -> int:
         """Number of stored signals."""

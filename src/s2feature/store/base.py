@@ -27,6 +27,7 @@ from s2feature.errors import S2FeatureError
 
 SIGNALS: Final = "signals"
 STRATEGY_EVENTS: Final = "strategy_events"
+RECOMPUTE_TASKS: Final = "recompute_tasks"
 EVENT_KINDS: Final[tuple[str, ...]] = ("FEATURE_DQC_FAIL", "FEATURE_RECOMPUTE")
 
 # ArangoDB document keys: at most 254 bytes of these characters. Keys are checked on every
@@ -50,8 +51,37 @@ class StoreUnavailable(StoreError):  # noqa: N818 - the name is part of the proj
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Persistence of signal snapshots and strategy events (SPEC §7).
+class TaskStore(Protocol):
+    """Persistence of recompute tasks and their progress (`s2feature.jobs.tasks`), so that a
+    restarted service resumes its tasks and still answers for finished ones.
+
+    A task document holds at least `task_id` (a valid key), `owner` (the consumer that runs it)
+    and `state`; it comes back exactly as stored.
+    """
+
+    def insert_task(self, doc: Mapping[str, Any]) -> bool:
+        """Store a new task; False (nothing written) when its `task_id` is already taken, which
+        makes task ids unique across restarts and across instances sharing the store."""
+
+    def save_task(self, doc: Mapping[str, Any]) -> None:
+        """Replace-or-insert a task document keyed by `task_id`."""
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The stored task, or None."""
+
+    def query_tasks(
+        self,
+        owner: str | None = None,
+        states: Sequence[str] | None = None,
+        id_prefix: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks, optionally of one owner, in some states, with ids starting with `id_prefix`;
+        ordered by `task_id`."""
+
+
+@runtime_checkable
+class Store(TaskStore, Protocol):
+    """Persistence of signal snapshots and strategy events (SPEC §7), and of recompute tasks.
 
     Writes are upserts by a deterministic key, so replaying a batch changes nothing. Documents
     come back exactly as they were stored, without backend fields.
@@ -254,6 +284,30 @@ def prepare_event(doc: Mapping[str, Any]) -> EventRow:
     ts = _require_int(doc, "ts", what)
     _check_reserved(doc, what)
     return EventRow(event_id, kind, symbol, ts, doc, encode_json(doc, what))
+
+
+class TaskRow(NamedTuple):
+    """A checked task document with its indexed columns and its JSON text."""
+
+    task_id: str
+    owner: str
+    state: str
+    doc: Mapping[str, Any]
+    json_text: str
+
+
+def prepare_task(doc: Mapping[str, Any]) -> TaskRow:
+    """Check one task document and encode it; StoreError naming the task."""
+    what = f"task {doc.get('task_id')!r}"
+    task_id = _require_str(doc, "task_id", what)
+    if not is_valid_key(task_id):
+        raise StoreError(f"{what}: not a valid document key")
+    owner = doc.get("owner")
+    if not isinstance(owner, str):
+        raise StoreError(f"{what}: field 'owner' must be a string, got {owner!r}")
+    state = _require_str(doc, "state", what)
+    _check_reserved(doc, what)
+    return TaskRow(task_id, owner, state, doc, encode_json(doc, what))
 
 
 def prepare_signals(docs: Sequence[SignalDoc]) -> list[SignalRow]:

@@ -12,15 +12,16 @@ usual error naming the field.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
 from s2feature import strict_json
-from s2feature.domain import Snapshot
+from s2feature.domain import Dqc, FeatureValue, SeriesId, Snapshot
 from s2feature.store.base import SignalRow, is_valid_key, prepare_signal
 
-__all__ = ["prepare_snapshot"]
+__all__ = ["prepare_passing_rows", "prepare_snapshot"]
 
 
 class _Meta(msgspec.Struct):
@@ -98,3 +99,64 @@ def prepare_snapshot(snap: Snapshot, mode: str, computed_at: int) -> SignalRow:
     except (ValueError, TypeError):  # a non-finite float subclass, a value JSON has no type for
         return prepare_signal(snap.to_payload(mode, computed_at))
     return SignalRow(signal_id, series.symbol, snap.window, snap.t0, text)
+
+
+_PASSED_DQC: Final = _Dqc(True, False, False, False, "", ())
+
+
+def prepare_passing_rows(
+    series: SeriesId,
+    window: str,
+    config_rev: str,
+    mode: str,
+    computed_at: int,
+    t0s: Sequence[int],
+    features: Sequence[dict[str, FeatureValue]],
+    calcs: Sequence[dict[str, str]],
+    coverages: Sequence[float],
+    inputs_until: Sequence[int],
+) -> list[SignalRow]:
+    """`prepare_snapshot` of the snapshots of one window with these parts and a passing DQC
+    verdict, without building the `Snapshot`s: the recompute's path, a column at a time.
+
+    The caller vouches that every float here is an exact, finite `float` (it checks whole
+    columns at once); the texts are the ones `prepare_snapshot` gives (tests hold them equal).
+    The keys are checked once: they differ only in the digits of t0 (and a sign), which the key
+    pattern admits, so when the longest ones are valid, all are.
+    """
+    symbol, venue, market = series.symbol, series.venue, series.market
+    prefix = f"{symbol}:{window}:"
+    if t0s and not (is_valid_key(f"{prefix}{min(t0s)}") and is_valid_key(f"{prefix}{max(t0s)}")):
+        return [  # per snapshot: raises the store's error naming the key
+            prepare_snapshot(
+                Snapshot(series, window, t0, feats, Dqc(), config_rev, cov, until, calc),
+                mode,
+                computed_at,
+            )
+            for t0, feats, calc, cov, until in zip(
+                t0s, features, calcs, coverages, inputs_until, strict=True
+            )
+        ]
+    encode = strict_json.encode_checked
+    rows = []
+    for t0, feats, calc, cov, until in zip(
+        t0s, features, calcs, coverages, inputs_until, strict=True
+    ):
+        signal_id = f"{prefix}{t0}"
+        payload = _Payload(
+            signal_id,
+            t0,
+            symbol,
+            venue,
+            market,
+            window,
+            feats,
+            _Meta(calc, cov, until),
+            config_rev,
+            _PASSED_DQC,
+            "s2",
+            mode,
+            computed_at,
+        )
+        rows.append(SignalRow(signal_id, symbol, window, t0, encode(payload).decode()))
+    return rows

@@ -25,9 +25,11 @@ from s2feature.store.base import (
     SignalRow,
     StoreError,
     StoreUnavailable,
+    TaskRow,
     is_valid_key,
     prepare_events,
     prepare_signals,
+    prepare_task,
 )
 from s2feature.store.wal_checkpoint import WalCheckpointer
 
@@ -50,6 +52,13 @@ _SCHEMA: Final = (
         doc TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS strategy_events_by_kind ON strategy_events (kind, symbol, ts)",
+    """CREATE TABLE IF NOT EXISTS recompute_tasks (
+        task_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        state TEXT NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS recompute_tasks_by_owner ON recompute_tasks (owner, state)",
 )
 
 _UPSERT_SIGNAL: Final = """
@@ -61,6 +70,15 @@ _UPSERT_EVENT: Final = """
     INSERT INTO strategy_events (event_id, kind, symbol, ts, doc) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (event_id) DO UPDATE SET
         kind = excluded.kind, symbol = excluded.symbol, ts = excluded.ts, doc = excluded.doc
+"""
+_INSERT_TASK: Final = (
+    "INSERT INTO recompute_tasks (task_id, owner, state, doc) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (task_id) DO NOTHING"
+)
+_UPSERT_TASK: Final = """
+    INSERT INTO recompute_tasks (task_id, owner, state, doc) VALUES (?, ?, ?, ?)
+    ON CONFLICT (task_id) DO UPDATE SET
+        owner = excluded.owner, state = excluded.state, doc = excluded.doc
 """
 # Order windows by their position in 1m,5m,1h,4h,1d, not alphabetically.
 _WINDOW_ORDER: Final = (
@@ -244,6 +262,50 @@ class SqliteStore:
             texts = [row[0] for row in conn.execute(sql, params)]
         return [_decode(text) for text in texts]
 
+    def insert_task(self, doc: Mapping[str, Any]) -> bool:
+        """Store a new task; False when its `task_id` is taken (nothing is written then)."""
+        row = prepare_task(doc)
+        with self._locked("insert task") as conn, _immediate_transaction(conn):
+            cursor = conn.execute(_INSERT_TASK, _task_columns(row))
+            return cursor.rowcount == 1
+
+    def save_task(self, doc: Mapping[str, Any]) -> None:
+        """Replace-or-insert a task document keyed by `task_id`."""
+        self._write("save task", (_UPSERT_TASK, [_task_columns(prepare_task(doc))]))
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The stored task, or None."""
+        with self._locked("get task") as conn:
+            found = conn.execute(
+                "SELECT doc FROM recompute_tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return None if found is None else _decode(found[0])
+
+    def query_tasks(
+        self,
+        owner: str | None = None,
+        states: Sequence[str] | None = None,
+        id_prefix: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks, optionally of one owner, in some states, with an id prefix; by `task_id`."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if states is not None:
+            clauses.append(f"state IN ({', '.join('?' for _ in states)})" if states else "0")
+            params.extend(states)
+        if id_prefix is not None:
+            # substr rather than LIKE: `_` and `%` in a prefix are no wildcards
+            clauses.append("substr(task_id, 1, ?) = ?")
+            params.extend([len(id_prefix), id_prefix])
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        sql = f"SELECT doc FROM recompute_tasks {where}ORDER BY task_id"
+        with self._locked("query tasks") as conn:
+            texts = [row[0] for row in conn.execute(sql, params)]
+        return [_decode(text) for text in texts]
+
     def count_signals(self) -> int:
         """Number of stored signals."""
         with self._locked("count signals") as conn:
@@ -273,6 +335,10 @@ def _signal_rows(docs: Sequence[SignalDoc]) -> list[SignalRow]:
 
 def _event_rows(docs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     return [(r.event_id, r.kind, r.symbol, r.ts, r.json_text) for r in prepare_events(docs)]
+
+
+def _task_columns(row: TaskRow) -> tuple[str, str, str, str]:
+    return (row.task_id, row.owner, row.state, row.json_text)
 
 
 def _decode(text: str) -> dict[str, Any]:

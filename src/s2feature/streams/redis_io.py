@@ -394,12 +394,15 @@ class StreamIO:
         """SHA1 of the emit script, for `EVALSHA` sent by other means (`streams/ahead.py`)."""
         return str(self._emit.sha)
 
-    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+    def save_checkpoint(self, state: Mapping[str, Any]) -> int:
         """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
         writes nothing) when another one has taken it over. With `min_replicas` > 0, returns
-        once that many replicas hold it, else raises `ReplicasBehind`."""
-        self.lease.fenced_set(cache_key(self.series.symbol), strict_json.encode(state))
+        once that many replicas hold it, else raises `ReplicasBehind`. Returns its size in
+        bytes."""
+        document = strict_json.encode(state)
+        self.lease.fenced_set(cache_key(self.series.symbol), document)
         self._wait_for_replicas({cache_key(self.series.symbol)})
+        return len(document)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint, or None. Writes not confirmed by replicas are forgotten: the state is
