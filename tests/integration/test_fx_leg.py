@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from s2feature.compute.batch import compute_batch
 from s2feature.compute.correlation import RHO, RHO_Z
@@ -30,6 +31,7 @@ from s2feature.domain import BarArrays, SeriesId, Snapshot, window_index
 from s2feature.dqc.verdict import FX_LATE
 from s2feature.jobs.recompute import RecomputeRequest, plan, run_recompute
 from s2feature.lake.parquet import BarLake
+from s2feature.observability.metrics import Metrics
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.service.worker import routing
@@ -82,15 +84,18 @@ def add(client: redis.Redis, series: SeriesId, entries: Sequence[dict[str, str]]
         client.xadd(series.stream_key, fields, id=checks.input_entry_id(fields))  # type: ignore[arg-type]
 
 
-def service_of(env: Mapping[str, str]) -> tuple[Service, SqliteStore]:
+def service_of(
+    env: Mapping[str, str], metrics: Metrics | None = None
+) -> tuple[Service, SqliteStore]:
     settings = load_settings(env)
     store = SqliteStore(Path(env["S2_DB_SQLITE_PATH"]))
     client = redis.Redis(host="127.0.0.1", port=int(env["S2_REDIS_ADDRESSES"].split(":")[1]))
-    return Service(settings, client, store, BarLake(Path(env["S2_LAKE_DIR"]))), store
+    lake = BarLake(Path(env["S2_LAKE_DIR"]))
+    return Service(settings, client, store, lake, metrics=metrics), store
 
 
-def run_burst(env: Mapping[str, str]) -> Service:
-    service, store = service_of(env)
+def run_burst(env: Mapping[str, str], metrics: Metrics | None = None) -> Service:
+    service, store = service_of(env, metrics)
     service.run(idle_exit_s=0.3)
     store.close()
     return service
@@ -236,9 +241,15 @@ def test_fx_later_than_the_wait_gives_fx_late_snapshots_that_a_recompute_fills(
     # stretch the live run had no FX for.
     add(client, FX, fx_entries[: 3 * 120])
     add(client, SYM, sym_entries[: 3 * 250])
-    first = run_burst(env)
+    registry = CollectorRegistry()
+    first = run_burst(env, Metrics("test", registry))
     late = first.fx.gates[SYM.stream_key].late if first.fx is not None else 0
     assert late > 0
+    counted = sum(
+        registry.get_sample_value("s2_fx_late_total", {"symbol": SYM.symbol, "window": w}) or 0
+        for w in WINDOWS.split(",")
+    )
+    assert counted == late
     add(client, FX, fx_entries[3 * 120 :])
     add(client, SYM, sym_entries[3 * 250 :])
     run_burst(env)
