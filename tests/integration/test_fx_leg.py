@@ -96,8 +96,11 @@ def service_of(
 
 def run_burst(env: Mapping[str, str], metrics: Metrics | None = None) -> Service:
     service, store = service_of(env, metrics)
-    service.run(idle_exit_s=0.3)
-    store.close()
+    try:
+        service.run(idle_exit_s=0.3)
+    finally:
+        store.close()
+        service.client.close()  # not left to the garbage collector (a warning in a later test)
     return service
 
 
@@ -117,6 +120,7 @@ class Running:
         self.thread.join(timeout=60)
         assert not self.thread.is_alive()
         self.store.close()
+        self.service.client.close()
 
 
 def delivered_all(client: redis.Redis, series: SeriesId, entries: Sequence[dict[str, str]]) -> bool:
