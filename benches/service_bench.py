@@ -28,6 +28,10 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
 7. The cost of observing: burst throughput with metrics off, metrics on, and metrics with traces
    sampled at 0, 0.01 and 1.0 (exported over OTLP/HTTP to a receiver on loopback that reads and
    drops them), as ratios to metrics off (`--observability-only` runs just this).
+8. The FX leg: floor, burst throughput and end-to-end latency (3-4 entries per bar) of the
+   three streams over one common stretch of time, without and then with a fourth stream, the
+   FX series (`rho.fx_symbol`, same density, its bars closing with theirs), so that every
+   symbol's snapshots compute `rho_*` and pass the FX barrier (`--fx-only` runs just this).
 
 Input: three fut streams of flat S1 entries, each a different stretch of the real Coinbase
 BTC/USD hourly bars split into 1-minute bars and ticks by the seeded `s2feature.data.synth`.
@@ -50,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +157,29 @@ def lake_history(stream: StreamInput) -> list[Bar]:
     return [bar for fields in entries for bar in ingestor.on_entry(fields).bars]  # type: ignore[arg-type]
 
 
-def streams_of(plans: Sequence[Sequence[tuple[int, int]]], venue: str) -> list[StreamInput]:
-    """One stream per symbol: its segments of (bars, entries per bar), in order."""
+def streams_of(
+    plans: Sequence[Sequence[tuple[int, int]]],
+    venue: str,
+    symbols: Sequence[tuple[str, int]] = SYMBOLS,
+    aligned: bool = False,
+) -> list[StreamInput]:
+    """One stream per symbol: its segments of (bars, entries per bar), in order. `aligned`
+    moves every stretch to start when the first one starts (the FX leg pairs bars by close
+    time)."""
     hourly = load_klines(ROOT / "datasets" / "Coinbase_BTCUSD_1h_2017-2018.csv", "1h")
     inputs, end = [], len(hourly)
-    for index, ((symbol, _), plan) in enumerate(zip(SYMBOLS, plans, strict=True)):
+    start: int | None = None
+    for index, ((symbol, _), plan) in enumerate(zip(symbols, plans, strict=True)):
         n_minutes = sum(bars for bars, _ in plan)
         hours = -(-n_minutes // 60)
         stretch = hourly.slice(end - hours, end)  # disjoint stretches, the newest first
         end -= hours
+        start = int(stretch.open_time[0]) if start is None else start
+        if aligned:
+            shift = start - int(stretch.open_time[0])
+            stretch = replace(
+                stretch, open_time=stretch.open_time + shift, close_time=stretch.close_time + shift
+            )
         minute = derive_finer_bars(stretch, MINUTE_MS, seed=index + 1).slice(0, n_minutes)
         minute = derive_ticks(minute, seed=index + 11, market="fut")
         series = SeriesId(venue, "fut", symbol)
@@ -298,11 +316,15 @@ def timed_engines(result: BurstResult) -> Iterator[None]:
 
 
 def service_env(
-    server: RedisServer, workdir: Path, consumer: str, venue: str = "bench"
+    server: RedisServer,
+    workdir: Path,
+    consumer: str,
+    venue: str = "bench",
+    symbols: Sequence[tuple[str, int]] = SYMBOLS,
 ) -> dict[str, str]:
     return {
         "S2_REDIS_ADDRESSES": f"{server.host}:{server.port}",
-        "S2_SYMBOLS": ",".join(f"{venue}:fut:{symbol}" for symbol, _ in SYMBOLS),
+        "S2_SYMBOLS": ",".join(f"{venue}:fut:{symbol}" for symbol, _ in symbols),
         "S2_WINDOWS": SERVICE_WINDOWS,
         "S2_CONSUMER_NAME": consumer,
         "S2_DB_SQLITE_PATH": str(workdir / "s2.db"),
@@ -509,13 +531,22 @@ class PacedResult:
     outputs: int = 0
     unmatched: int = 0  # outputs whose finalising entry was not sent in this phase
     latency_ms: dict[str, list[float]] = field(default_factory=dict)  # per window
+    # From the later of the symbol's and the FX stream's finalising entries (with `fx`).
+    both_ms: list[float] = field(default_factory=list)
 
 
 def run_paced(
-    server: RedisServer, inputs: Sequence[StreamInput], phase: int, rate: float, idle_s: float
+    server: RedisServer,
+    inputs: Sequence[StreamInput],
+    phase: int,
+    rate: float,
+    idle_s: float,
+    measured: Sequence[StreamInput] | None = None,
+    fx: StreamInput | None = None,
 ) -> PacedResult:
-    """Send one paced phase and wait until the outputs stop (`idle_s` without a new one)."""
-    by_output = {events_key(s.series.symbol): s for s in inputs}
+    """Send one paced phase and wait until the outputs stop (`idle_s` without a new one); the
+    latency is that of the `measured` streams' outputs (all by default)."""
+    by_output = {events_key(s.series.symbol): s for s in measured or inputs}
     schedule = paced_schedule(inputs, phase)
     sent_at: dict[tuple[str, int], float] = {}
     late_s: list[float] = []
@@ -552,6 +583,11 @@ def run_paced(
             result.unmatched += 1
         else:
             result.latency_ms.setdefault(WINDOWS[int(k)], []).append((arrived - sent) * 1e3)
+            if fx is not None:
+                fx_bar = int(np.searchsorted(fx.close_time, int(t0), side="left"))
+                fx_sent = sent_at.get((fx.series.stream_key, fx_bar + 1))
+                if fx_sent is not None:
+                    result.both_ms.append((arrived - max(sent, fx_sent)) * 1e3)
     return result
 
 
@@ -660,6 +696,82 @@ def replica_wait_cost(workdir: Path, args: argparse.Namespace) -> None:
     )
 
 
+FX_SYMBOL = ("USDTTWD", 3)  # the default bundle's rho.fx_symbol; another stretch of the data
+
+
+@dataclass
+class FxFigures:
+    floor: float = 0.0
+    service: float = 0.0
+    p95_ms: float = 0.0
+    p50_ms: float = 0.0
+    both_p50_ms: float = 0.0  # from the later of the symbol's and the FX's finalising entries
+    both_p95_ms: float = 0.0
+    emitted: int = 0
+    with_rho: int = 0
+    fx_late: int = 0
+
+
+def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFigures:
+    """Floor, best burst and the dense paced phase over the three symbols aligned in time, with
+    or without the FX stream."""
+    symbols = (*SYMBOLS, FX_SYMBOL) if with_fx else SYMBOLS
+    per_stream = round(args.rate * args.seconds / len(SYMBOLS))
+    preload_n = args.entries // len(SYMBOLS)
+    plans = [[(preload_n // m, m), (per_stream // m, m)] for _, m in symbols]
+    inputs = streams_of(plans, "fx", symbols, aligned=True)
+    entries = sum(len(s.segments[0].entries) for s in inputs)
+    env = {"S2_SYMBOLS": ",".join(f"fx:fut:{symbol}" for symbol, _ in symbols)}
+    out = FxFigures()
+    with RedisServer(workdir / "redis", appendonly=False) as server:
+        client = server.client()
+        preload(client, inputs)
+        out.floor = max(floor_pass(client, inputs, f"floor-{i}") for i in range(args.floor_passes))
+        burst, _ = best_burst(server, workdir, args.service_passes, False, "fx", extra_env=env)
+        out.service = entries / burst.seconds
+        with service_process(server, workdir, None, extra_env=env):
+            # The symbols' rate is the same in both runs; the FX stream adds its own entries.
+            rate = args.rate * len(symbols) / len(SYMBOLS)
+            measured, fx = inputs[: len(SYMBOLS)], inputs[-1] if with_fx else None
+            paced = run_paced(server, inputs, 1, rate, 1.0, measured, fx)
+        every = [v for values in paced.latency_ms.values() for v in values]
+        out.p50_ms, out.p95_ms = percentiles(every, 50, 95) if every else (0.0, 0.0)
+        if paced.both_ms:
+            out.both_p50_ms, out.both_p95_ms = percentiles(paced.both_ms, 50, 95)
+        for stream in inputs[: len(SYMBOLS)]:
+            rows: Any = client.xrange(events_key(stream.series.symbol))
+            for _, fields in rows:
+                out.emitted += 1
+                text = fields[b"data"]
+                out.with_rho += b'"rho_usdttwd_14":null' not in text
+                out.fx_late += b'"fx_late"' in text
+    return out
+
+
+def fx_leg_cost(workdir: Path, args: argparse.Namespace) -> None:
+    """8. The FX leg's cost: the same three symbols without and with the FX stream."""
+    off = fx_scenario(workdir / "off", args, with_fx=False)
+    on = fx_scenario(workdir / "on", args, with_fx=True)
+    ratio_off, ratio_on = off.service / off.floor, on.service / on.floor
+    print(
+        f"8. the FX leg (three streams aligned in time, then with the FX stream {FX_SYMBOL[0]} "
+        f"at {FX_SYMBOL[1]} entries/bar; best of {args.service_passes} bursts, dense paced "
+        f"phase at the same rate per symbol):\n"
+        f"   FX off: floor {off.floor:,.0f}, service {off.service:,.0f} entries/s = "
+        f"{ratio_off:.0%} of the floor; end-to-end p50 {off.p50_ms:.2f} ms, "
+        f"p95 {off.p95_ms:.2f} ms\n"
+        f"   FX on:  floor {on.floor:,.0f}, service {on.service:,.0f} entries/s = "
+        f"{ratio_on:.0%} of the floor; end-to-end p50 {on.p50_ms:.2f} ms, "
+        f"p95 {on.p95_ms:.2f} ms (from the later of the symbol's and the FX's finalising "
+        f"entries: p50 {on.both_p50_ms:.2f} ms, p95 {on.both_p95_ms:.2f} ms); "
+        f"{on.with_rho:,} of {on.emitted:,} symbol snapshots with rho_usdttwd_14, "
+        f"{on.fx_late} fx_late\n"
+        f"   on / off: throughput ratio {ratio_on / ratio_off:.0%}, e2e p95 "
+        f"{on.p95_ms / off.p95_ms if off.p95_ms else float('nan'):.0%} "
+        f"(target: within 10 %)"
+    )
+
+
 class _DroppingReceiver(http.server.BaseHTTPRequestHandler):
     """An OTLP/HTTP endpoint that reads each export request and drops it."""
 
@@ -756,6 +868,7 @@ def main() -> None:
         "--observability-only", action="store_true", help="only 7: the cost of metrics, traces"
     )
     parser.add_argument("--observability-rounds", type=int, default=5, help="rounds of 7")
+    parser.add_argument("--fx-only", action="store_true", help="only 8: the cost of the FX leg")
     args = parser.parse_args()
     if args.observability_only:
         with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
@@ -764,6 +877,10 @@ def main() -> None:
     if args.replicas_only:
         with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
             replica_wait_cost(Path(tmp), args)
+        return
+    if args.fx_only:
+        with tempfile.TemporaryDirectory(prefix="s2-service-bench-") as tmp:
+            fx_leg_cost(Path(tmp), args)
         return
     bench_started = time.perf_counter()
     live_per_bar = max(1, round(args.rate / len(SYMBOLS)))  # one bar per second per stream
@@ -807,6 +924,7 @@ def main() -> None:
         sparse_throughput(workdir / "sparse", args, live_per_bar)
         replica_wait_cost(workdir / "replicas", args)
         observability_cost(workdir / "observability", args)
+        fx_leg_cost(workdir / "fx", args)
     print(f"\nwhole benchmark: {time.perf_counter() - bench_started:.0f} s")
 
 

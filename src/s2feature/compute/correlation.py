@@ -15,15 +15,19 @@ With `w` the window length, `p = windows.rho_period` and `z = windows.rho_z_peri
 
 Both features are null when the context carries no FX series. The online class looks FX closes
 up when it is asked for values, not when bars arrive, so its result depends only on the data and
-not on which stream was read first.
+not on which stream was read first. The FX w-bars are fed the same way on every path: their
+closes by close time, from `aggregate_wbars` over the FX base bars (batch, recompute, offline
+online runs: `engine.fx_tables`) or from the same base bars as they arrive (the live service:
+`compute.fx_closes.LiveFxCloses`, which answers only for w-bars that are final).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -200,14 +204,16 @@ def _zscore_of_last(values: Sequence[float]) -> float | None:
 class OnlineCorrelationFamily:
     """rho and its z-score, incrementally (`OnlineFamily`).
 
-    State: the symbol's log returns over the current run of adjacent bars (at most p), the last
-    valid close, and the rho values over the current run of adjacent, non-null rhos (at most z).
+    State: the symbol's log returns over the current run of adjacent bars (at most p + z - 1,
+    the returns the z rho values ending at the last bar need) and the last valid close.
 
-    FX closes are read when values are asked for. The p FX returns of the previous evaluation
-    are kept as a cache (not state: `snapshot` leaves it out and `restore` drops it), so the
-    next evaluation, one window later, reads two closes instead of p + 1. This relies on FX
-    w-bar closes being final once visible; the close at `t0 - w` is re-read and compared, so a
-    revised latest close still forces a full re-read.
+    FX closes are read when values are asked for, at close times up to t0 only, and every rho
+    the z-score needs is derived from those returns and the FX closes as they are then. So an
+    FX close that was not yet known when an earlier snapshot was made (live, see the service's
+    FX barrier) is used as soon as it is: each value equals the batch path's, which sees the
+    whole FX history. Computed rho values are kept in a cache (not state: `snapshot` leaves it
+    out) once they are final, i.e. once the FX close at their own close time was readable:
+    FX closes are final once visible, and FX w-bars close in order.
     """
 
     def __init__(self, ctx: FamilyContext) -> None:
@@ -215,16 +221,16 @@ class OnlineCorrelationFamily:
         self._w = ctx.window_ms
         self._p = ctx.bundle.windows.rho_period
         self._z = ctx.bundle.windows.rho_z_period
-        self._sym_returns: deque[float] = deque(maxlen=self._p)
+        self._sym_returns: deque[float] = deque(maxlen=self._p + self._z - 1)
         self._last_close: float | None = None  # None when the last bar's close is unusable
         self._close_end: int | None = None  # close time of the last bar fed
-        self._rhos: deque[float] = deque(maxlen=self._z)
-        self._rho_end: int | None = None  # close time of the last rho in `_rhos`
-        self._evaluated_at: int | None = None
-        # Cache: p FX returns ending at `_fx_end`, and the FX close at `_fx_end`.
-        self._fx_returns: deque[float] = deque(maxlen=self._p)
+        # Caches, not state (FX closes are final once readable, so cached values stay true):
+        self._rho_cache: dict[int, float | None] = {}  # close time -> final rho (None: null)
+        self._run: list[float] = []  # the z rhos ending at `_run_end`, none null
+        self._run_end: int | None = None
+        self._fx_kept: deque[float] = deque(maxlen=self._p)  # p FX returns ending at `_fx_end`
         self._fx_end: int | None = None
-        self._fx_last = 0.0
+        self._fx_last = 0.0  # the FX close at `_fx_end`
 
     def update(self, bar: Bar) -> None:
         """Take the next final w-bar of the symbol."""
@@ -239,101 +245,110 @@ class OnlineCorrelationFamily:
         self._last_close = close if valid else None
 
     def values_at(self, t0: int) -> dict[str, FeatureValue]:
-        """rho and its z-score as of t0; the rho of each w-bar close is remembered."""
-        if t0 != self._evaluated_at and t0 == self._close_end:
-            self._evaluated_at = t0
-            self._remember(t0, self._rho_at(t0))
-        rhos = self._rhos
-        if self._rho_end != t0:
-            return {RHO: None, RHO_Z: None}
-        zscore = _zscore_of_last(rhos) if len(rhos) == self._z else None
-        return {RHO: rhos[-1], RHO_Z: zscore}
-
-    def _remember(self, t0: int, rho: float | None) -> None:
-        if rho is None:
-            self._rhos.clear()
-            self._rho_end = None
-            return
-        if self._rho_end != t0 - self._w:
-            self._rhos.clear()
-        self._rhos.append(rho)
-        self._rho_end = t0
-
-    def _rho_at(self, t0: int) -> float | None:
+        """rho and its z-score as of t0 (the close of the last w-bar fed; null otherwise)."""
         fx = self._fx
-        if fx is None or len(self._sym_returns) < self._p:
-            return None
-        if not self._fx_returns_until(fx, t0):
-            return None
-        return _pearson(self._fx_returns, self._sym_returns)
+        if fx is None or t0 != self._close_end or len(self._sym_returns) < self._p:
+            return {RHO: None, RHO_Z: None}
+        returns = list(self._sym_returns)
+        rho = self._rho(returns, 0, t0, fx)
+        if rho is None:
+            self._run_end = None
+            return {RHO: None, RHO_Z: None}
+        zscore = None
+        w = self._w
+        if len(returns) >= self._p + self._z - 1:
+            if self._run_end == t0 - w:  # the z rhos of the last evaluation, all final
+                rhos: list[float | None] = [*self._run[1:], rho]
+            else:
+                rhos = [self._rho(returns, k, t0 - k * w, fx) for k in range(self._z - 1, 0, -1)]
+                rhos.append(rho)
+            if None not in rhos:
+                self._run, self._run_end = cast(list[float], rhos), t0
+                zscore = _zscore_of_last(self._run)
+            else:
+                self._run_end = None
+        self._prune(t0)
+        return {RHO: rho, RHO_Z: zscore}
 
-    def _fx_returns_until(self, fx: FxCloses, t0: int) -> bool:
-        """Make `_fx_returns` the p FX returns ending at t0; False when one does not exist."""
+    def _rho(self, returns: list[float], back: int, t: int, fx: FxCloses) -> float | None:
+        """rho at close time t, `back` bars before the last one (its p returns end there)."""
+        cache = self._rho_cache
+        if t in cache:
+            return cache[t]
+        close = fx.close_at(t)
+        if close is None or not 0.0 < close < _INF:
+            return None  # not cached: the close may not be known yet
+        end = len(returns) - back
+        rho = None
+        fx_returns = self._fx_returns(fx, t, close)
+        if fx_returns is not None:
+            rho = _pearson(fx_returns, returns[end - self._p : end])
+        cache[t] = rho  # final: every FX close up to t was readable when t's was
+        return rho
+
+    def _fx_returns(self, fx: FxCloses, t: int, last: float) -> list[float] | None:
+        """The p FX log returns ending at t (whose close is `last`); None when one is missing.
+        Those ending one window earlier are kept, so the next t reads one close more."""
         w = self._w
         close_at = fx.close_at
-        if self._fx_end == t0 - w and close_at(t0 - w) == self._fx_last:
-            close = close_at(t0)
-            if close is None or not 0.0 < close < _INF:
-                return False  # the cache still ends at t0 - w; the next t0 re-reads everything
-            self._fx_returns.append(math.log(close / self._fx_last))
-            self._fx_end, self._fx_last = t0, close
-            return True
-        self._fx_end = None
-        returns = self._fx_returns
-        returns.clear()
-        log = math.log
-        previous = close_at(t0 - self._p * w)
-        if previous is None or not 0.0 < previous < _INF:
-            return False
-        for close_time in range(t0 - (self._p - 1) * w, t0 + 1, w):
+        kept = self._fx_kept
+        if self._fx_end == t - w and close_at(t - w) == self._fx_last:
+            kept.append(math.log(last / self._fx_last))
+            self._fx_end, self._fx_last = t, last
+            return list(kept)
+        closes = []
+        for close_time in range(t - self._p * w, t, w):
             close = close_at(close_time)
             if close is None or not 0.0 < close < _INF:
-                return False
-            returns.append(log(close / previous))
-            previous = close
-        self._fx_end, self._fx_last = t0, previous
-        return True
+                return None
+            closes.append(close)
+        closes.append(last)
+        log = math.log
+        returns = [log(b / a) for a, b in itertools.pairwise(closes)]
+        kept.clear()
+        kept.extend(returns)
+        self._fx_end, self._fx_last = t, last
+        return returns
+
+    def _drop_caches(self) -> None:
+        self._rho_cache = {}
+        self._run, self._run_end = [], None
+        self._fx_kept.clear()
+        self._fx_end, self._fx_last = None, 0.0
+
+    def _prune(self, t0: int) -> None:
+        """Forget cached rhos no later evaluation can read (older than z - 1 windows back)."""
+        cache = self._rho_cache
+        if len(cache) > 2 * self._z:
+            oldest = t0 - (self._z - 1) * self._w
+            for t in [t for t in cache if t < oldest]:
+                del cache[t]
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state (no NaN: only valid closes and non-null values are kept)."""
+        """JSON-serialisable state (no NaN: only valid closes and returns are kept)."""
         return {
             "sym_returns": list(self._sym_returns),
             "last_close": self._last_close,
             "close_end": self._close_end,
-            "rhos": list(self._rhos),
-            "rho_end": self._rho_end,
-            "evaluated_at": self._evaluated_at,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a `snapshot()`."""
-
-        def opt_int(value: Any) -> int | None:
-            return None if value is None else int(value)
-
-        self._sym_returns = deque((float(v) for v in state["sym_returns"]), maxlen=self._p)
+        self._sym_returns = deque(
+            (float(v) for v in state["sym_returns"]), maxlen=self._p + self._z - 1
+        )
         last_close = state["last_close"]
         self._last_close = None if last_close is None else float(last_close)
-        self._close_end = opt_int(state["close_end"])
-        self._rhos = deque((float(v) for v in state["rhos"]), maxlen=self._z)
-        self._rho_end = opt_int(state["rho_end"])
-        self._evaluated_at = opt_int(state["evaluated_at"])
-        self._drop_fx_cache()
+        close_end = state["close_end"]
+        self._close_end = None if close_end is None else int(close_end)
+        self._drop_caches()
 
     def reset(self) -> None:
         """Forget everything, as a fresh instance."""
         self._sym_returns.clear()
         self._last_close = None
         self._close_end = None
-        self._rhos.clear()
-        self._rho_end = None
-        self._evaluated_at = None
-        self._drop_fx_cache()
-
-    def _drop_fx_cache(self) -> None:
-        self._fx_returns.clear()
-        self._fx_end = None
-        self._fx_last = 0.0
+        self._drop_caches()
 
 
 def correlation_state_params(ctx: FamilyContext) -> dict[str, Any]:
@@ -353,6 +368,6 @@ CORRELATION_FAMILY = FeatureFamily(
     level="wbar",
     batch=correlation_family_batch,
     online=OnlineCorrelationFamily,
-    state_version=1,
+    state_version=2,
     state_params=correlation_state_params,
 )

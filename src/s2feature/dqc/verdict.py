@@ -21,6 +21,11 @@ def required_features(bundle: ConfigBundle, market: Market) -> tuple[str, ...]:
     return required
 
 
+# The live service made the snapshot without the FX w-bar closing at its t0 (it came later than
+# `S2_FX_MAX_WAIT_MS`): rho_* are null where a recompute has them. Informational: the verdict is
+# unchanged, and a recompute rewrites such a snapshot even without `force`.
+FX_LATE: Final = "fx_late"
+
 # Most snapshots pass: they share this verdict (a frozen value) instead of building their own.
 _PASSED: Final = Dqc()
 

@@ -25,7 +25,8 @@ import numpy as np
 from s2feature.compute.batch import WindowColumns, compute_columns
 from s2feature.compute.engine import validate_windows
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import DAY_MS, WINDOWS, SeriesId
+from s2feature.domain import DAY_MS, WINDOWS, BarArrays, SeriesId, interval_ms
+from s2feature.dqc.verdict import FX_LATE
 from s2feature.errors import ConfigurationError
 from s2feature.jobs.recompute_rows import signal_rows
 from s2feature.jobs.warmup import warmup_start
@@ -204,14 +205,34 @@ def _compute_symbol(
 ) -> _SymbolColumns:
     starts = {w: warmup_start(req.from_ts, w, b) for w in windows}
     bars = lake.read(series.symbol, from_open_time=min(starts.values()), to_close_time=req.to_ts)
+    fx = _fx_bars(lake, series, windows, min(starts.values()), req.to_ts, b)
     out = _SymbolColumns(series)
     # Windows with the same warm-up start share one call: the base-level families are then
     # evaluated once for all of them (a value at t0 does not depend on the other t0s asked for).
     for start in sorted(set(starts.values())):
         same = [w for w in windows if starts[w] == start]
         first = int(np.searchsorted(bars.open_time, start, side="left"))
-        out.columns.extend(compute_columns(bars.slice(first, len(bars)), series, same, b))
+        out.columns.extend(compute_columns(bars.slice(first, len(bars)), series, same, b, fx))
     return out
+
+
+def _fx_bars(
+    lake: BarLake,
+    series: SeriesId,
+    windows: Sequence[str],
+    from_open_time: int,
+    to_ts: int,
+    b: ConfigBundle,
+) -> BarArrays | None:
+    """The FX series' base bars for the correlation family (None for the FX series itself, or
+    when the lake has none). Read one largest window past the range: a bar there only tells
+    that an FX w-bar whose last base bar is missing is final, as it does live; every close read
+    at t0 comes from bars closing by t0."""
+    fx_symbol = b.rho.fx_symbol
+    if series.symbol == fx_symbol or fx_symbol not in lake.symbols():
+        return None
+    past = max(interval_ms(w) for w in windows)
+    return lake.read(fx_symbol, from_open_time=from_open_time, to_close_time=to_ts + past)
 
 
 def _slice_columns(col: WindowColumns, from_ts: int, to_ts: int) -> WindowColumns:
@@ -223,8 +244,15 @@ def _slice_columns(col: WindowColumns, from_ts: int, to_ts: int) -> WindowColumn
 
 
 def _stored_revs(store: Store, batch: Batch) -> dict[str, Any]:
+    """The stored rev of each signal of the batch; None for a live snapshot made without its FX
+    w-bar (`fx_late`), which a recompute fills even without `force`."""
     docs = store.query_signals(batch.symbol, None, batch.from_ts, batch.to_ts)
-    return {d["signal_id"]: d.get("config_rev") for d in docs}
+    return {
+        d["signal_id"]: None
+        if FX_LATE in d.get("dqc", {}).get("reasons", ())
+        else d.get("config_rev")
+        for d in docs
+    }
 
 
 def _now_ms() -> int:

@@ -99,6 +99,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.fx_late = Counter(
+            "s2_fx_late_total",
+            "Snapshots made without the FX w-bar closing at their t0 (rho_* null, fx_late)",
+            ["symbol", "window"],
+            registry=r,
+        )
         self.dqc_failed_snapshots = Counter(
             "s2_dqc_failed_snapshots_total",
             "Snapshots failing DQC (one count per snapshot, whatever its number of reasons)",
@@ -173,6 +179,7 @@ class SeriesMetrics:
             w: metrics.dqc_failed_snapshots.labels(symbol, w) for w in windows
         }
         self.emits = {w: metrics.emits.labels(symbol, w) for w in windows}
+        self.fx_late = {w: metrics.fx_late.labels(symbol, w) for w in windows}
         self.compute_latency = {w: metrics.compute_latency.labels(w) for w in windows}
         self.end_to_end = {w: metrics.end_to_end_latency.labels(w) for w in windows}
         self._dqc: dict[str, Counter] = {}

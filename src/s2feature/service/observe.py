@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from s2feature.domain import Snapshot
-from s2feature.dqc.verdict import routing
+from s2feature.dqc.verdict import FX_LATE, routing
 from s2feature.observability.metrics import SeriesMetrics
 from s2feature.observability.tracing import BatchTimes, SignalTracer, TracedSignal
 
@@ -140,6 +140,8 @@ class BatchObserver:
                 counts[window] = counts.get(window, 0) + 1
                 if not snap.dqc.passed:
                     failed[window] = failed.get(window, 0) + 1
+                if snap.dqc.reasons and FX_LATE in snap.dqc.reasons:
+                    metrics.fx_late[window].inc()
                 latency[window].observe(done - read_at)
         for window, count in counts.items():
             metrics.snapshots[window].inc(count)

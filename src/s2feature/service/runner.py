@@ -26,6 +26,7 @@ from s2feature.domain import SeriesId
 from s2feature.lake.parquet import BarLake
 from s2feature.observability.metrics import Metrics
 from s2feature.observability.tracing import SignalTracer
+from s2feature.service.fx_feed import FxLeg
 from s2feature.service.observe import BatchObserver
 from s2feature.service.ownership import Ownership
 from s2feature.service.reads import Reader
@@ -70,8 +71,17 @@ class Service:
             on_retry=self.publish_status,
             on_failure=None if metrics is None else metrics.retried,
         )
+        # The FX series' bars to the other symbols, through the FX barrier (None without FX).
+        self.fx = FxLeg.of(
+            client,
+            settings.series,
+            settings.windows,
+            settings.bundle,
+            settings.fx_max_wait_ms,
+            lake,
+        )
         self.workers = {
-            s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake)
+            s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake, self.fx)
             for s in settings.series
         }
         for worker in self.workers.values():
@@ -131,6 +141,8 @@ class Service:
     def start(self) -> None:
         for worker in self.workers.values():
             self.backoff.call("create group", worker.io.ensure_group)
+        if self.fx is not None:
+            self.backoff.call("load FX bars", self.fx.feed.load)
         self.ownership.keep(force=True)
         self.started = True
         self.publish_status()
@@ -139,6 +151,9 @@ class Service:
         """The lease is ours: rebuild the state, claim what earlier owners left pending and
         process it, oldest first."""
         how = self.backoff.call("restore", partial(worker.restore, self.active_bundle()))
+        if self.fx is not None:  # the FX closes its replay reads
+            cover = partial(self.fx.cover, worker.engine.seen_until, worker.bars_until)
+            self.backoff.call("load FX bars", cover)
         claimed = self.backoff.call("claim", partial(worker.io.claim_all_pending, 0))
         log.info(
             "%s: restored (%s), claimed %d pending",
@@ -157,6 +172,8 @@ class Service:
         if bundle is not worker.bundle:
             self._apply_bundle(worker, bundle)
         outputs: BatchOutputs = worker.compute(entries, counts, read_at)
+        if worker.fx_feed is not None:
+            self._fx_release()  # the FX bars just computed let the waiting symbols' out first
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
         self.backoff.call("commit", partial(worker.commit, outputs))
@@ -194,18 +211,57 @@ class Service:
         """Read and process one batch of every owned stream. Returns the number of entries
         handled."""
         self.ownership.keep()
-        handled = self.reader.consume_all(self.ownership.owned_workers())
+        readable = self._fx_readable(self.ownership.owned_workers())
+        handled = self.reader.consume_all(readable)
+        handled += self._fx_release()
         if handled == 0:
             # A steady input goes idle between batches: only checkpoint when one is due.
             self.flush_all(force=False)
         if handled == 0 and block_ms:
             owned = self.ownership.owned_workers()
-            if owned:
-                handled += self.reader.wait_for_any(owned, block_ms)
+            readable = self._fx_readable(owned)
+            if self.fx is not None:  # not past an FX deadline
+                block_ms = self.fx.block_ms(block_ms, self.owned)
+            if readable:
+                handled += self.reader.wait_for_any(readable, block_ms)
             else:
-                self.stop.wait(block_ms / 1000)  # waiting for a lease
+                self.stop.wait(block_ms / 1000)  # waiting for a lease (or for FX)
         self.reporter.publish(self.started, self.batches, force=False)
+        if self.fx is not None and self.fx.waiting(self.owned):
+            handled += 1  # a snapshot waiting for FX is work in progress, not idleness
         return handled
+
+    # -- the FX leg (`service/fx_feed.py`) ---------------------------------------------------
+
+    def _fx_readable(self, owned: list[SeriesWorker]) -> list[SeriesWorker]:
+        """The owned streams to read, the FX stream first: not those whose bars wait for FX."""
+        if self.fx is None:
+            return owned
+        readable = self.fx.readable(w.io.key for w in owned)
+        fx_stream = self.fx.fx_stream
+        # The FX stream first: bars it finalises let the others' bars through in the same round.
+        return sorted(
+            (w for w in owned if w.io.key in readable), key=lambda w: w.io.key != fx_stream
+        )
+
+    def _fx_release(self) -> int:
+        """Commit the snapshots of held bars that may go through the FX barrier now."""
+        if self.fx is None:
+            return 0
+        owned = self.ownership.owned_workers()
+        self.fx.prune(w.engine.seen_until for w in owned if w.fx_gate is not None)
+        return self.fx.release([w.io.key for w in owned], self._commit_released)
+
+    def _commit_released(self, key: str) -> None:
+        worker = self.workers[key]
+
+        def step() -> int:
+            outputs = worker.release_fx()
+            self.backoff.call("commit", partial(worker.commit, outputs))
+            self.backoff.call("checkpoint and ack", partial(worker.flush, False))
+            return 0
+
+        self.ownership.guarded(worker, step)
 
     def release_leases(self) -> None:
         self.ownership.release_all()

@@ -71,6 +71,7 @@ class EnvSettings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, lt=65536)  # 0: any free port (tests)
     lag_degraded_ms: int = Field(60_000, gt=0)
+    fx_max_wait_ms: int = Field(2_000, ge=0)
     # Overrides of the bundle's `dqc` and `regime` fields (`config/overrides.py`): unset keeps
     # the bundle's value. Types and bounds are the bundle's, checked in `bundle_overrides_of`.
     dqc_jump_lookback: str | None = None
@@ -174,6 +175,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     config: ConfigSourceSettings = field(default_factory=ConfigSourceSettings)
     log_level: str = "INFO"
+    # Longest wall time a symbol's bar waits for the FX w-bar closing with it (the FX barrier).
+    fx_max_wait_ms: int = 2_000
     trace_sample: float = 0.01  # share of signals traced, when traces are exported
     otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; None: no traces
     # The hourly gap fill recomputes this much before each full hour (0: no hourly gap fill).
@@ -338,6 +341,7 @@ def settings_of(raw: EnvSettings) -> Settings:
         api=ApiSettings(raw.api_host, raw.api_port, raw.lag_degraded_ms, raw.api_token),
         config=config,
         log_level=raw.log_level,
+        fx_max_wait_ms=raw.fx_max_wait_ms,
         trace_sample=raw.trace_sample,
         otlp_endpoint=raw.otlp_endpoint,
         recompute_lookback_ms=parse_duration_ms(raw.recompute_lookback),

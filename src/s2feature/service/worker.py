@@ -16,14 +16,17 @@ emits make that a no-op where the first attempt had got through).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from s2feature import strict_json
+from s2feature.compute.correlation import CORRELATION_FEATURES
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
 from s2feature.config.bundle import ConfigBundle
@@ -33,6 +36,7 @@ from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.observability.tracing import TracedSignal
+from s2feature.service.fx_feed import FxLeg
 from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
@@ -73,7 +77,13 @@ def describe(stale: Iterable[StateKey]) -> str:
 
 class SeriesWorker:
     def __init__(
-        self, settings: Settings, series: SeriesId, io: StreamIO, store: Store, lake: BarLake
+        self,
+        settings: Settings,
+        series: SeriesId,
+        io: StreamIO,
+        store: Store,
+        lake: BarLake,
+        fx: FxLeg | None = None,
     ) -> None:
         self.settings = settings
         self.series = series
@@ -93,12 +103,19 @@ class SeriesWorker:
         self.observer = BatchObserver(series.symbol)  # metrics, logs, traces: set by the service
         # When the read that delivers the next batch was sent (`reads.Reader` stamps it).
         self.read_started = time.perf_counter()
+        # The FX leg (`service/fx_feed.py`): the FX series' worker feeds and publishes its bars,
+        # another symbol's engine reads FX closes and its bars pass the barrier.
+        self.fx_feed = fx.feed if fx is not None and fx.fx_stream == series.stream_key else None
+        self.fx_gate = fx.gate_for(series) if fx is not None else None
+        self.fx_views = fx.views_for(series) if fx is not None else None
         self._fresh_state()
 
     def _fresh_state(self) -> None:
         bundle = self.bundle
         self.ingestor = StreamIngestor(self.series, bundle)
-        self.engine = SymbolEngine(self.series, self.settings.windows, bundle)
+        self.engine = SymbolEngine(self.series, self.settings.windows, bundle, self.fx_views)
+        if self.fx_gate is not None:
+            self.fx_gate.clear()
         self.applied = (0, 0)
         self.last_event_ms: int | None = None  # event time of the newest applied event
         self.bars_until = -1  # close time of the newest base bar the engine has seen
@@ -136,6 +153,8 @@ class SeriesWorker:
                 window: (int(payload["t0"]), strict_json.encode(payload).decode())
                 for window, payload in state["latest"].items()
             }
+            if self.fx_gate is not None:  # bars that were waiting for FX wait again
+                self.fx_gate.restore(state.get("fx_held"), time.monotonic())
             how = f"checkpoint at entry {state['applied']}"
             if stale:
                 history = self._history()
@@ -194,6 +213,7 @@ class SeriesWorker:
             "ingestor": self.ingestor.snapshot(),
             "engine": self.engine.snapshot(),
             "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
+            "fx_held": self.fx_gate.snapshot() if self.fx_gate is not None else [],
         }
 
     def _last_document(self) -> bytes:
@@ -226,17 +246,47 @@ class SeriesWorker:
         out = BatchOutputs(read_started=self.read_started)
         out.read_at = time.perf_counter() if read_at is None else read_at
         bars = self._ingest(entries, deliveries, out)
+        return self._outputs(self._snapshots(bars, out), out)
+
+    def _snapshots(self, bars: list[Bar], out: BatchOutputs) -> list[Snapshot]:
+        """The engine's snapshots of new base bars (timed when the observer asks); with the FX
+        leg, the FX series' bars go to the FX feed, and another symbol's bars pass the FX
+        barrier first."""
+        if self.fx_feed is not None:
+            self.fx_feed.add_bars(bars)
+        on_base_bar = self.engine.on_base_bar
+        if self.observer.timed():
+            on_base_bar = partial(self._timed_base_bar, out)
+        if self.fx_gate is not None:
+            # A bundle without rho_* has nothing to wait for: every held bar goes through.
+            now = time.monotonic() if self._reads_fx() else math.inf
+            return self.fx_gate.feed(on_base_bar, bars, now)
+        return [snap for bar in bars for snap in on_base_bar(bar)]
+
+    def _timed_base_bar(self, out: BatchOutputs, bar: Bar) -> list[Snapshot]:
+        clock = time.perf_counter
+        started = clock()
+        produced = self.engine.on_base_bar(bar)
+        if produced:
+            out.produced.append((started, clock(), produced))
+        return produced
+
+    def _reads_fx(self) -> bool:
+        enabled = self.bundle.features.enabled
+        return any(name in enabled for name in CORRELATION_FEATURES)
+
+    @property
+    def fx_waiting(self) -> bool:
+        return self.fx_gate is not None and self.fx_gate.waiting
+
+    def release_fx(self) -> BatchOutputs:
+        """The outputs of the held bars that may go through the FX barrier now (no entries)."""
+        now = time.perf_counter()
+        out = BatchOutputs(read_started=now, read_at=now)
+        return self._outputs(self._snapshots([], out), out)
+
+    def _outputs(self, snapshots: list[Snapshot], out: BatchOutputs) -> BatchOutputs:
         observer = self.observer
-        if observer.timed():
-            clock, snapshots, on_base_bar = time.perf_counter, [], self.engine.on_base_bar
-            for bar in bars:
-                started = clock()
-                produced = on_base_bar(bar)
-                if produced:
-                    out.produced.append((started, clock(), produced))
-                    snapshots.extend(produced)
-        else:
-            snapshots = [snap for bar in bars for snap in self.engine.on_base_bar(bar)]
         mode = self.bundle.mode
         for snap in snapshots:
             self._route(snap, out, mode.realtime, mode.persist_all)
@@ -344,6 +394,8 @@ class SeriesWorker:
             self.observer.stored(out.persist[1] - started)
         for entry_id, fields, reasons in out.dead:
             self.io.dead_letter(entry_id, fields, reasons)
+        if self.fx_feed is not None:
+            self.fx_feed.publish(out.bars)  # before a checkpoint can cover their entries
         sent = None
         if out.emits:
             out.emit_started = time.perf_counter()

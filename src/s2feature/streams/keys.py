@@ -23,3 +23,8 @@ def lease_key(symbol: str) -> str:
 
 def dead_letter_key(symbol: str) -> str:
     return f"feat:dlq:{symbol}"
+
+
+def fx_bars_key(symbol: str) -> str:
+    """The FX series' final base bars, published by its owner for every instance."""
+    return f"feat:fxbars:{symbol}"
