@@ -165,8 +165,12 @@ def test_each_status_with_its_cause(
     )
     instance = Instance(env, tmp_path / "run.log")
     try:
+        # Until the loop has restored its streams, `/health` lists none.
         wait_for(
-            lambda: instance.health()[1]["checks"]["streams"]["BTCUSDT"]["lag_ms"] is not None,
+            lambda: (
+                instance.health()[1]["checks"]["streams"].get("BTCUSDT", {}).get("lag_ms")
+                is not None
+            ),
             timeout_s=SAFETY_S,
             what="the first applied event",
         )
