@@ -35,6 +35,8 @@ from s2feature.compute.family import (
     FeatureFamily,
     FxCloses,
     FxCloseTable,
+    HistoryBacked,
+    HistoryMismatchError,
     OnlineFamily,
 )
 from s2feature.compute.registry import FAMILIES
@@ -151,17 +153,23 @@ class SymbolEngine:
         keys = {(scope, f.name) for scope, kinds in self._kinds.items() for f in kinds}
         return keys | {(window, WBARS) for window in self.windows}
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of the whole engine (format: `compute.engine_state`)."""
-        families = {
-            scope: {
-                family.name: entry(family, params, instance.snapshot())
-                for family, params, instance in zip(
-                    kinds, self._params[scope], self._instances[scope], strict=True
-                )
-            }
-            for scope, kinds in self._kinds.items()
-        }
+    def snapshot(self, compact: bool = False) -> dict[str, Any]:
+        """JSON-serialisable state of the whole engine (format: `compute.engine_state`).
+
+        `compact`: base-level families that are `HistoryBacked` save their `checkpoint()`, an
+        entry marked `"history": true`, which `restore` continues only given the base bars of
+        the last `history_ms()` (the lake's)."""
+        families: dict[str, dict[str, Any]] = {}
+        for scope, kinds in self._kinds.items():
+            saved = families[scope] = {}
+            for family, params, instance in zip(
+                kinds, self._params[scope], self._instances[scope], strict=True
+            ):
+                if compact and scope == BASE_SCOPE and isinstance(instance, HistoryBacked):
+                    saved[family.name] = entry(family, params, instance.checkpoint())
+                    saved[family.name]["history"] = True
+                else:
+                    saved[family.name] = entry(family, params, instance.snapshot())
         return {
             "format": STATE_FORMAT,
             "base_ms": self._base_ms,
@@ -171,8 +179,18 @@ class SymbolEngine:
             "families": families,
         }
 
-    def restore(self, state: Mapping[str, Any]) -> set[StateKey]:
+    def history_ms(self) -> int:
+        """How far before `seen_until` the base bars given to `restore` must reach for the
+        compact entries of `snapshot(compact=True)` (0: none needs any)."""
+        spans = [f.history_ms() for f in self._base_families if isinstance(f, HistoryBacked)]
+        return max(spans, default=0)
+
+    def restore(self, state: Mapping[str, Any], history: BarArrays | None = None) -> set[StateKey]:
         """Restore what fits; return the keys left fresh, for `rebuild`.
+
+        A compact entry (`"history": true`) is restored from `history`, the base bars of at
+        least the last `history_ms()` up to `seen_until`; without them, or when they do not give
+        back what was saved, its family is left fresh like one that does not fit.
 
         A family is left fresh when its entry is missing or has another version or other params;
         a window's builder (WBARS) when it is missing or the base interval differs, and then that
@@ -218,7 +236,12 @@ class SymbolEngine:
                     stale.add(key)
                     continue
                 instance = family.online(self._contexts[scope])
-                _restore_part(instance, fstate, where)
+                if saved is not None and saved.get("history") is True:
+                    if not _restore_from_history(instance, fstate, history, where):
+                        stale.add(key)
+                        continue
+                else:
+                    _restore_part(instance, fstate, where)
                 parts[key] = instance
         parts.update(self._fresh_parts(stale))
         self._install(parts)
@@ -288,6 +311,14 @@ class SymbolEngine:
         self._install(fresh)
         self.seen_until = replayed_until
 
+    def warm_up(self, history: Iterable[Bar]) -> None:
+        """Start over from a base-bar history (oldest first), as if it had been fed bar by
+        bar, without making its snapshots (they were made when the bars were live)."""
+        everything = self.state_keys()
+        self._install(self._fresh_parts(everything))
+        self.seen_until = None
+        self.rebuild(everything, history)
+
     def with_bundle(self, bundle: ConfigBundle) -> tuple[Self, set[StateKey]]:
         """This engine under another bundle, and the parts to `rebuild` (same history).
 
@@ -341,6 +372,24 @@ def _restore_part(part: Part, state: Any, where: str) -> None:
         part.restore(state)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise EngineStateError(f"engine state: {where} cannot be read: {exc!r}") from exc
+
+
+def _restore_from_history(
+    part: OnlineFamily, state: Any, history: BarArrays | None, where: str
+) -> bool:
+    """Restore a compact entry; False when it cannot be (no history, or one that does not hold
+    what was saved): the family is then rebuilt. A state it cannot read is garbage."""
+    if history is None or not isinstance(part, HistoryBacked):
+        return False
+    if not isinstance(state, Mapping):
+        raise EngineStateError(f"engine state: {where} holds a {type(state).__name__}")
+    try:
+        part.restore_from_history(state, history)
+    except HistoryMismatchError:
+        return False
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise EngineStateError(f"engine state: {where} cannot be read: {exc!r}") from exc
+    return True
 
 
 def fx_tables(fx_base: BarArrays, windows: Iterable[str]) -> dict[str, FxCloseTable]:

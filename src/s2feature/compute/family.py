@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +87,27 @@ class OnlineFamily(Protocol):
 
     def reset(self) -> None:
         """Back to the state of a fresh instance."""
+
+
+class HistoryMismatchError(ValueError):
+    """The base bars given to `HistoryBacked.restore_from_history` do not hold what the saved
+    state was computed from: the family must be rebuilt from the history instead."""
+
+
+@runtime_checkable
+class HistoryBacked(Protocol):
+    """An online family whose bulk state is a function of the base bars it was fed, which the
+    lake holds: its checkpoint leaves that bulk out and a restore derives it again.
+
+    `checkpoint()` is JSON like `snapshot()`, but continues exactly only through
+    `restore_from_history(state, bars)`, given the base bars of the last `history_ms()` ms up to
+    the newest bar it had seen (more is fine)."""
+
+    def history_ms(self) -> int: ...
+
+    def checkpoint(self) -> dict[str, Any]: ...
+
+    def restore_from_history(self, state: Mapping[str, Any], history: BarArrays) -> None: ...
 
 
 BatchFn = Callable[[BarArrays, IntArray, FamilyContext], BatchValues]

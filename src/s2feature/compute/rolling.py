@@ -1,85 +1,252 @@
-"""A rolling time-window sum that stays exact to a stated tolerance, for online families."""
+"""Rolling time-window sums that stay exact to a stated tolerance, for online families.
+
+`RollingSums` keeps several windows of different spans over one series of (time, value) pairs:
+the pairs are stored once, in two flat `array`s (8 bytes a number, not a Python float object and
+a deque slot each), and every window is a suffix of that series, marked by its head index. A
+30-day window of one-minute values costs 16 bytes a minute: about 0.7 MB, where a deque of Python
+floats and ints held about 3 MB.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # The running total is re-anchored with an exact sum before its accumulated rounding could exceed
 # this relative error, so online sums stay within the project's 1e-9 agreement with batch ones.
 ANCHOR_RTOL: Final = 1e-12
 _UNIT_ROUNDOFF: Final = 2.0**-53
+# Pairs no window holds any more are dropped in one move once there are this many and they are
+# at least half the series: amortised O(1), and at most this much slack per series.
+_COMPACT_AT: Final = 4096
+
+
+class RollingSums:
+    """Sum and count of non-negative values with time in `(t - span, t]` per span, for a rising t.
+
+    Additions and removals keep a running total per window; every rounding step adds at most one
+    unit roundoff of the result, which is tracked, and the total is recomputed exactly
+    (`math.fsum`) whenever that bound could exceed `ANCHOR_RTOL` of it, e.g. right after a huge
+    value leaves. The arithmetic, step for step, is that of one deque per window.
+    """
+
+    __slots__ = ("_errors", "_heads", "_spans", "_times", "_totals", "_values")
+
+    def __init__(self, spans_ms: Sequence[int]) -> None:
+        self._spans = tuple(spans_ms)
+        self._times = array("q")
+        self._values = array("d")
+        self._heads = [0] * len(self._spans)
+        self._totals = [0.0] * len(self._spans)
+        self._errors = [0.0] * len(self._spans)  # sum of |partial results| since the last anchor
+
+    def count(self, index: int) -> int:
+        return len(self._times) - self._heads[index]
+
+    def add(self, time: int, value: float) -> None:
+        """Append a value to every window (times strictly increase)."""
+        self._times.append(time)
+        self._values.append(value)
+        totals, errors = self._totals, self._errors
+        for index in range(len(totals)):
+            total = totals[index] + value
+            totals[index] = total
+            errors[index] += total
+
+    def advance(self, now: int) -> None:
+        """Drop from every window the values at or before `now - span`."""
+        for index in range(len(self._spans)):
+            self.advance_one(index, now)
+
+    def advance_one(self, index: int, now: int) -> None:
+        times, head = self._times, self._heads[index]
+        end = len(times)
+        horizon = now - self._spans[index]
+        if head >= end or times[head] > horizon:
+            return
+        values = self._values
+        total, error = self._totals[index], self._errors[index]
+        while head < end and times[head] <= horizon:
+            total -= values[head]
+            error += abs(total)
+            head += 1
+        self._heads[index] = head
+        if head < end:
+            self._totals[index], self._errors[index] = total, error
+        else:
+            self._totals[index] = self._errors[index] = 0.0
+        self._compact()
+
+    def total(self, index: int) -> float:
+        """The window's sum, accurate to `ANCHOR_RTOL` relative."""
+        total = self._totals[index]
+        if self._errors[index] * _UNIT_ROUNDOFF > ANCHOR_RTOL * total:  # also catches total <= 0
+            total = math.fsum(self._values[self._heads[index] :])
+            self._totals[index] = self._errors[index] = total
+        return total
+
+    def _compact(self) -> None:
+        oldest = min(self._heads)
+        if oldest >= _COMPACT_AT and 2 * oldest >= len(self._times):
+            del self._times[:oldest]
+            del self._values[:oldest]
+            self._heads = [head - oldest for head in self._heads]
+
+    def reset(self) -> None:
+        del self._times[:]
+        del self._values[:]
+        n = len(self._spans)
+        self._heads, self._totals, self._errors = [0] * n, [0.0] * n, [0.0] * n
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def window(self, index: int) -> tuple[list[int], list[float]]:
+        head = self._heads[index]
+        return self._times[head:].tolist(), self._values[head:].tolist()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One `{times, values, total, error}` per window (each window's own pairs)."""
+        out = []
+        for index in range(len(self._spans)):
+            times, values = self.window(index)
+            out.append(
+                {
+                    "times": times,
+                    "values": values,
+                    "total": self._totals[index],
+                    "error": self._errors[index],
+                }
+            )
+        return out
+
+    def restore(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Continue from `snapshot()`: the longest window holds the pairs of all the others
+        (each is a suffix of the same series)."""
+        if len(states) != len(self._spans):
+            raise ValueError(f"{len(states)} windows saved, {len(self._spans)} expected")
+        longest = max(range(len(states)), key=lambda i: len(states[i]["times"]))
+        times = array("q", (int(t) for t in states[longest]["times"]))
+        values = array("d", (float(v) for v in states[longest]["values"]))
+        heads = []
+        for state in states:
+            n = len(state["times"])
+            if len(state["values"]) != n or n > len(times):
+                raise ValueError("saved windows are not suffixes of one series")
+            head = len(times) - n
+            if n and (int(state["times"][0]) != times[head]):
+                raise ValueError("saved windows are not suffixes of one series")
+            heads.append(head)
+        self._times, self._values, self._heads = times, values, heads
+        self._totals = [float(s["total"]) for s in states]
+        self._errors = [float(s["error"]) for s in states]
+
+    def running(self) -> list[dict[str, Any]]:
+        """What a window holds besides its pairs: the running total and its error bound, the
+        count and the first and last time (for `restore_running`)."""
+        out = []
+        for index in range(len(self._spans)):
+            head, n = self._heads[index], self.count(index)
+            out.append(
+                {
+                    "total": self._totals[index],
+                    "error": self._errors[index],
+                    "count": n,
+                    "first": self._times[head] if n else None,
+                    "last": self._times[-1] if n else None,
+                }
+            )
+        return out
+
+    def restore_running(
+        self, states: Sequence[Mapping[str, Any]], times: Sequence[int], values: Sequence[float]
+    ) -> None:
+        """Continue from `running()` and the series the windows held, given again (`times`
+        ascending; pairs outside the windows are ignored). Raises ValueError when the series
+        given does not hold exactly the pairs saved: count, first and last time, and a sum that
+        agrees with the saved total."""
+        if len(states) != len(self._spans):
+            raise ValueError(f"{len(states)} windows saved, {len(self._spans)} expected")
+        saved = [s for s in states if int(s["count"])]
+        self.reset()
+        if not saved:
+            self._totals = [float(s["total"]) for s in states]
+            self._errors = [float(s["error"]) for s in states]
+            return
+        first = min(int(s["first"]) for s in saved)
+        last = max(int(s["last"]) for s in saved)
+        lo, hi = _bisect_left(times, first), _bisect_right(times, last)
+        kept_times = array("q", times[lo:hi])
+        kept_values = array("d", values[lo:hi])
+        heads = []
+        for state in states:
+            n = int(state["count"])
+            head = len(kept_times) - n
+            if head < 0 or (n and (kept_times[head] != int(state["first"]))):
+                raise ValueError("the series given does not hold the saved window")
+            if n and kept_times[-1] != int(state["last"]):
+                raise ValueError("the series given does not hold the saved window")
+            total = float(state["total"])
+            exact = math.fsum(kept_values[head:])
+            if abs(exact - total) > 1e-9 * abs(exact):
+                raise ValueError(f"saved window sum {total!r} differs from the series' {exact!r}")
+            heads.append(head)
+        self._times, self._values, self._heads = kept_times, kept_values, heads
+        self._totals = [float(s["total"]) for s in states]
+        self._errors = [float(s["error"]) for s in states]
+
+
+def _bisect_left(times: Sequence[int], value: int) -> int:
+    lo, hi = 0, len(times)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if times[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _bisect_right(times: Sequence[int], value: int) -> int:
+    lo, hi = 0, len(times)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if times[mid] <= value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class RollingSum:
-    """Sum and count of non-negative values with time in `(t - span, t]`, for a rising t.
+    """One window of `RollingSums`: sum and count of the values in `(t - span, t]`."""
 
-    Additions and removals keep a running total; every rounding step adds at most one unit
-    roundoff of the result, which is tracked, and the total is recomputed exactly (`math.fsum`)
-    whenever that bound could exceed `ANCHOR_RTOL` of it, e.g. right after a huge value leaves.
-    """
-
-    __slots__ = ("_error", "_span", "_times", "_total", "_values")
+    __slots__ = ("_sums",)
 
     def __init__(self, span_ms: int) -> None:
-        self._span = span_ms
-        self._times: deque[int] = deque()
-        self._values: deque[float] = deque()
-        self._total = 0.0
-        self._error = 0.0  # sum of |partial results| since the last anchor
+        self._sums = RollingSums((span_ms,))
 
     def __len__(self) -> int:
-        return len(self._times)
+        return self._sums.count(0)
 
     def add(self, time: int, value: float) -> None:
         """Append a value (times strictly increase)."""
-        self._times.append(time)
-        self._values.append(value)
-        total = self._total + value
-        self._total = total
-        self._error += total
+        self._sums.add(time, value)
 
     def advance(self, now: int) -> None:
         """Drop the values at or before `now - span`."""
-        times, values = self._times, self._values
-        horizon = now - self._span
-        if not times or times[0] > horizon:
-            return
-        total, error = self._total, self._error
-        while times and times[0] <= horizon:
-            times.popleft()
-            total -= values.popleft()
-            error += abs(total)
-        if times:
-            self._total, self._error = total, error
-        else:
-            self._total = self._error = 0.0
+        self._sums.advance_one(0, now)
 
     def total(self) -> float:
         """The window's sum, accurate to `ANCHOR_RTOL` relative."""
-        total = self._total
-        if self._error * _UNIT_ROUNDOFF > ANCHOR_RTOL * total:  # also catches total <= 0
-            total = math.fsum(self._values)
-            self._total = self._error = total
-        return total
+        return self._sums.total(0)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "times": list(self._times),
-            "values": list(self._values),
-            "total": self._total,
-            "error": self._error,
-        }
+        return self._sums.snapshot()[0]
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self._times = deque(int(t) for t in state["times"])
-        self._values = deque(float(v) for v in state["values"])
-        self._total = float(state["total"])
-        self._error = float(state["error"])
+        self._sums.restore([state])
 
     def reset(self) -> None:
-        self._times.clear()
-        self._values.clear()
-        self._total = self._error = 0.0
+        self._sums.reset()

@@ -26,8 +26,9 @@ import msgspec
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
+from s2feature.compute.history import warmup_start_of
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import Bar, SeriesId, Snapshot
+from s2feature.domain import Bar, BarArrays, SeriesId, Snapshot
 from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
@@ -38,7 +39,10 @@ from s2feature.store.snapshot_rows import prepare_snapshot
 from s2feature.streams.ahead import PublishAhead, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+# Versions `restore` reads: 2 held every family's whole state; 3 holds the volatility family's
+# compact state, whose squared returns are derived again from the lake's base bars.
+READABLE_CHECKPOINTS = frozenset({2, CHECKPOINT_VERSION})
 
 
 @dataclass
@@ -111,9 +115,9 @@ class SeriesWorker:
             self.bundle = bundle
             self._fresh_state()
         state = self.io.load_checkpoint()
-        if state is not None and state.get("version") == CHECKPOINT_VERSION:
+        if state is not None and state.get("version") in READABLE_CHECKPOINTS:
             self.ingestor.restore(state["ingestor"])
-            stale = self.engine.restore(state["engine"])
+            stale = self.engine.restore(state["engine"], self._recent_bars(state))
             self.applied = entry_id_tuple(state["applied"])
             self.bars_until = int(state["bars_until"])
             self.last_event_ms = state.get("last_event_ms")
@@ -128,11 +132,28 @@ class SeriesWorker:
                 how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
             return how
         self._fresh_state()
-        warm_up = self.lake.read(self.series.symbol)
-        for bar in warm_up.to_bars():
-            self.engine.on_base_bar(bar)  # warm-up only: these snapshots were written before
-            self.bars_until = bar.close_time
+        last = self.lake.last_close_time(self.series.symbol)
+        if last is None:
+            return "warm-up from 0 lake bars"
+        # Only the history the features depend on (31 days and a margin), not the whole lake.
+        start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
+        warm_up = self.lake.read(self.series.symbol, from_open_time=start, to_close_time=last)
+        # The engine is fed every bar but makes no snapshot: they were written when live.
+        self.engine.warm_up(warm_up.to_bars())
+        self.bars_until = last
         return f"warm-up from {len(warm_up)} lake bars"
+
+    def _recent_bars(self, state: dict[str, Any]) -> BarArrays | None:
+        """The lake's base bars a checkpoint's compact engine entries are restored from: those
+        of the engine's `history_ms` up to the checkpoint's newest bar (every one of them was
+        appended to the lake before the checkpoint was written)."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            return None
+        until = int(state["bars_until"])
+        span = self.engine.history_ms()
+        if until < 0 or span == 0:
+            return None
+        return self.lake.read(self.series.symbol, from_open_time=until - span, to_close_time=until)
 
     def apply_bundle(self, bundle: ConfigBundle) -> str | None:
         """Move the state to another bundle, between batches; says what was rebuilt (None when
@@ -177,7 +198,7 @@ class SeriesWorker:
             "bars_until": self.bars_until,
             "last_event_ms": self.last_event_ms,
             "ingestor": self.ingestor.snapshot(),
-            "engine": self.engine.snapshot(),
+            "engine": self.engine.snapshot(compact=True),
             "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
         }
 

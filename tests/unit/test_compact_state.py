@@ -1,0 +1,133 @@
+"""Compact checkpoints: a family whose bulk state is a function of the base bars saves only what
+the lake does not hold, and a restore from that and the lake's bars continues exactly like an
+uninterrupted run; bars that do not give back what was saved are detected, never used."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from s2feature import strict_json
+from s2feature.compute.engine import SymbolEngine
+from s2feature.compute.engine_state import BASE_SCOPE
+from s2feature.compute.family import FamilyContext, HistoryBacked, HistoryMismatchError
+from s2feature.compute.rolling import RollingSums
+from s2feature.compute.volatility import OnlineVolatilityFamily
+from s2feature.config.bundle import ConfigBundle
+from s2feature.domain import HOUR_MS, BarArrays, FeatureValue, SeriesId, Snapshot
+from tests.support.market_gen import SeriesSpec, make_series
+
+BUNDLE = ConfigBundle(base_interval="1h")
+BARS = make_series(SeriesSpec(seed=5, n=1500, base_ms=HOUR_MS, gap_prob=0.01, max_gap=4))
+SERIES = SeriesId("test", "fut", "BTCUSDT")
+
+
+def round_trip(state: Any) -> Any:
+    return json.loads(strict_json.encode(state))
+
+
+def volatility() -> OnlineVolatilityFamily:
+    return OnlineVolatilityFamily(FamilyContext(BUNDLE, HOUR_MS, HOUR_MS))
+
+
+def run(instance: OnlineVolatilityFamily, bars: BarArrays) -> list[dict[str, FeatureValue]]:
+    out = []
+    for bar in bars.to_bars():
+        instance.update(bar)
+        out.append(instance.values_at(bar.close_time))
+    return out
+
+
+@pytest.mark.parametrize("cut", [1, 30, 700, 1100, 1499])
+def test_volatility_restored_from_its_checkpoint_and_the_bars_continues_exactly(cut: int) -> None:
+    live = volatility()
+    run(live, BARS.slice(0, cut))
+    saved = round_trip(live.checkpoint())
+    restored = volatility()
+    assert isinstance(restored, HistoryBacked)
+    # The lake may hold more history than needed: only the bars of the windows are used.
+    restored.restore_from_history(saved, BARS.slice(0, cut))
+    assert restored.snapshot() == live.snapshot()
+    rest = BARS.slice(cut, len(BARS))
+    assert run(restored, rest) == run(live, rest)
+
+
+def test_the_checkpoint_does_not_grow_with_the_window() -> None:
+    live = volatility()
+    run(live, BARS.slice(0, 1400))
+    compact, whole = strict_json.encode(live.checkpoint()), strict_json.encode(live.snapshot())
+    assert len(compact) < len(whole) / 4
+    assert "values" not in live.checkpoint()["sums"][0]
+
+
+def test_just_the_history_it_declares_is_enough() -> None:
+    live = volatility()
+    run(live, BARS.slice(0, 1200))
+    newest = int(BARS.close_time[1199])
+    keep = BARS.open_time >= newest - live.history_ms()
+    recent = BARS.slice(int(np.argmax(keep)), 1200)
+    restored = volatility()
+    restored.restore_from_history(round_trip(live.checkpoint()), recent)
+    assert restored.snapshot() == live.snapshot()
+
+
+def test_bars_that_do_not_give_back_the_windows_are_refused() -> None:
+    live = volatility()
+    run(live, BARS.slice(0, 1200))
+    saved = round_trip(live.checkpoint())
+    # A bar lost inside the 30-day window.
+    holes = BarArrays(**{k: np.delete(v, 1000) for k, v in BARS.slice(0, 1200).__dict__.items()})
+    with pytest.raises(HistoryMismatchError):
+        volatility().restore_from_history(saved, holes)
+    # A changed close: the count still fits, the sum does not.
+    changed = BARS.slice(0, 1200)
+    close = changed.close.copy()
+    close[1100] *= 1.5
+    changed = BarArrays(**{**changed.__dict__, "close": close})
+    with pytest.raises(HistoryMismatchError):
+        volatility().restore_from_history(saved, changed)
+
+
+def test_rolling_sums_restore_running_from_the_series_equals_the_original() -> None:
+    sums = RollingSums([5, 20])
+    pairs = [(t, float(t % 7) * 1e-3) for t in range(1, 60) if t % 11]
+    for time, value in pairs:
+        sums.advance(time - 1)
+        sums.add(time, value)
+    again = RollingSums([5, 20])
+    again.restore_running(sums.running(), [t for t, _ in pairs], [v for _, v in pairs])
+    assert again.snapshot() == sums.snapshot()
+
+
+def engine_run(engine: SymbolEngine, bars: BarArrays) -> list[Snapshot]:
+    return [snap for bar in bars.to_bars() for snap in engine.on_base_bar(bar)]
+
+
+def test_engine_compact_state_restores_with_the_lake_bars_and_is_stale_without() -> None:
+    windows = ("1h", "4h")
+    live = SymbolEngine(SERIES, windows, BUNDLE)
+    engine_run(live, BARS.slice(0, 1000))
+    state = round_trip(live.snapshot(compact=True))
+    assert state["families"][BASE_SCOPE]["volatility"]["history"] is True
+
+    restored = SymbolEngine(SERIES, windows, BUNDLE)
+    assert restored.restore(state, BARS.slice(0, 1000)) == set()
+    rest = BARS.slice(1000, len(BARS))
+    assert engine_run(restored, rest) == engine_run(live, rest)
+
+    without = SymbolEngine(SERIES, windows, BUNDLE)
+    assert without.restore(state) == {(BASE_SCOPE, "volatility")}
+
+
+def test_engine_warm_up_equals_a_run_over_the_same_bars() -> None:
+    windows = ("1h", "4h")
+    live = SymbolEngine(SERIES, windows, BUNDLE)
+    engine_run(live, BARS.slice(0, 900))
+    warmed = SymbolEngine(SERIES, windows, BUNDLE)
+    warmed.warm_up(BARS.slice(0, 900).to_bars())
+    assert warmed.snapshot() == live.snapshot()
+    rest = BARS.slice(900, len(BARS))
+    assert engine_run(warmed, rest) == engine_run(live, rest)
