@@ -58,7 +58,7 @@ WINDOWS = "1m,5m,1h"
 CHECKPOINT_MS = 5000  # the service's default S2_CHECKPOINT_MS
 MB = 1024 * 1024
 # Targets of the venue scale (printed next to each figure, not asserted).
-RSS_TARGET_MB = {100: 256, 400: 1024}
+RSS_TARGET_MB = {100: 256.0, 400: 1024.0}
 CHECKPOINT_TARGET_BYTES = 32 * 1024
 COLD_START_TARGET_S = {100: 15.0}
 RESTART_TARGET_S = {100: 5.0}

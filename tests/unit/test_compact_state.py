@@ -122,12 +122,32 @@ def test_engine_compact_state_restores_with_the_lake_bars_and_is_stale_without()
     assert without.restore(state) == {(BASE_SCOPE, "volatility")}
 
 
-def test_engine_warm_up_equals_a_run_over_the_same_bars() -> None:
+def assert_close(got: list[Snapshot], want: list[Snapshot]) -> None:
+    """Same snapshots, every number within the project's 1e-9 agreement."""
+    assert [(s.window, s.t0, s.dqc) for s in got] == [(s.window, s.t0, s.dqc) for s in want]
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.features.keys() == theirs.features.keys()
+        for name, value in mine.features.items():
+            other = theirs.features[name]
+            if isinstance(value, float) and isinstance(other, float):
+                assert value == pytest.approx(other, rel=1e-9, abs=1e-12), (mine.signal_id, name)
+            else:
+                assert value == other, (mine.signal_id, name)
+
+
+@pytest.mark.parametrize("cut", [2, 200, 900, 1300])
+def test_engine_warm_up_equals_a_run_over_the_same_bars(cut: int) -> None:
     windows = ("1h", "4h")
     live = SymbolEngine(SERIES, windows, BUNDLE)
-    engine_run(live, BARS.slice(0, 900))
+    engine_run(live, BARS.slice(0, cut))
     warmed = SymbolEngine(SERIES, windows, BUNDLE)
-    warmed.warm_up(BARS.slice(0, 900).to_bars())
-    assert warmed.snapshot() == live.snapshot()
-    rest = BARS.slice(900, len(BARS))
-    assert engine_run(warmed, rest) == engine_run(live, rest)
+    warmed.warm_up(BARS.slice(0, cut))
+    assert warmed.seen_until == live.seen_until
+    rest = BARS.slice(cut, len(BARS))
+    assert_close(engine_run(warmed, rest), engine_run(live, rest))
+
+
+def test_engine_warm_up_of_nothing_is_a_fresh_engine() -> None:
+    warmed = SymbolEngine(SERIES, ("1h",), BUNDLE)
+    warmed.warm_up(BARS.slice(0, 0))
+    assert warmed.snapshot() == SymbolEngine(SERIES, ("1h",), BUNDLE).snapshot()

@@ -9,6 +9,7 @@ floats and ints held about 3 MB.
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections.abc import Mapping, Sequence
@@ -142,6 +143,19 @@ class RollingSums:
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]
 
+    def fill(self, times: Sequence[int], values: Sequence[float], now: int) -> None:
+        """Start over holding, per window, the given pairs with time in `(now - span, now]`
+        (`times` ascending, none after `now`), each total computed exactly (an anchored state)."""
+        self.reset()
+        start = bisect.bisect_right(times, now - max(self._spans, default=0))
+        self._times = array("q", times[start:])
+        self._values = array("d", values[start:])
+        for index, span in enumerate(self._spans):
+            head = bisect.bisect_right(self._times, now - span)
+            self._heads[index] = head
+            total = math.fsum(self._values[head:]) if head < len(self._times) else 0.0
+            self._totals[index] = self._errors[index] = total
+
     def running(self) -> list[dict[str, Any]]:
         """What a window holds besides its pairs: the running total and its error bound, the
         count and the first and last time (for `restore_running`)."""
@@ -176,7 +190,7 @@ class RollingSums:
             return
         first = min(int(s["first"]) for s in saved)
         last = max(int(s["last"]) for s in saved)
-        lo, hi = _bisect_left(times, first), _bisect_right(times, last)
+        lo, hi = bisect.bisect_left(times, first), bisect.bisect_right(times, last)
         kept_times = array("q", times[lo:hi])
         kept_values = array("d", values[lo:hi])
         heads = []
@@ -195,28 +209,6 @@ class RollingSums:
         self._times, self._values, self._heads = kept_times, kept_values, heads
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]
-
-
-def _bisect_left(times: Sequence[int], value: int) -> int:
-    lo, hi = 0, len(times)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if times[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _bisect_right(times: Sequence[int], value: int) -> int:
-    lo, hi = 0, len(times)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if times[mid] <= value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class RollingSum:

@@ -139,7 +139,7 @@ class SeriesWorker:
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
         warm_up = self.lake.read(self.series.symbol, from_open_time=start, to_close_time=last)
         # The engine is fed every bar but makes no snapshot: they were written when live.
-        self.engine.warm_up(warm_up.to_bars())
+        self.engine.warm_up(warm_up)
         self.bars_until = last
         return f"warm-up from {len(warm_up)} lake bars"
 
