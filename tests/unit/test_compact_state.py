@@ -13,7 +13,12 @@ import pytest
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import BASE_SCOPE
-from s2feature.compute.family import FamilyContext, HistoryBacked, HistoryMismatchError
+from s2feature.compute.family import (
+    CloseHistory,
+    FamilyContext,
+    HistoryBacked,
+    HistoryMismatchError,
+)
 from s2feature.compute.rolling import RollingSums
 from s2feature.compute.volatility import OnlineVolatilityFamily
 from s2feature.config.bundle import ConfigBundle
@@ -27,6 +32,10 @@ SERIES = SeriesId("test", "fut", "BTCUSDT")
 
 def round_trip(state: Any) -> Any:
     return json.loads(strict_json.encode(state))
+
+
+def closes(bars: BarArrays) -> CloseHistory:
+    return CloseHistory(bars.close_time, bars.close)
 
 
 def volatility() -> OnlineVolatilityFamily:
@@ -49,7 +58,7 @@ def test_volatility_restored_from_its_checkpoint_and_the_bars_continues_exactly(
     restored = volatility()
     assert isinstance(restored, HistoryBacked)
     # The lake may hold more history than needed: only the bars of the windows are used.
-    restored.restore_from_history(saved, BARS.slice(0, cut))
+    restored.restore_from_history(saved, closes(BARS.slice(0, cut)))
     assert restored.snapshot() == live.snapshot()
     rest = BARS.slice(cut, len(BARS))
     assert run(restored, rest) == run(live, rest)
@@ -70,7 +79,7 @@ def test_just_the_history_it_declares_is_enough() -> None:
     keep = BARS.open_time >= newest - live.history_ms()
     recent = BARS.slice(int(np.argmax(keep)), 1200)
     restored = volatility()
-    restored.restore_from_history(round_trip(live.checkpoint()), recent)
+    restored.restore_from_history(round_trip(live.checkpoint()), closes(recent))
     assert restored.snapshot() == live.snapshot()
 
 
@@ -81,14 +90,14 @@ def test_bars_that_do_not_give_back_the_windows_are_refused() -> None:
     # A bar lost inside the 30-day window.
     holes = BarArrays(**{k: np.delete(v, 1000) for k, v in BARS.slice(0, 1200).__dict__.items()})
     with pytest.raises(HistoryMismatchError):
-        volatility().restore_from_history(saved, holes)
+        volatility().restore_from_history(saved, closes(holes))
     # A changed close: the count still fits, the sum does not.
     changed = BARS.slice(0, 1200)
     close = changed.close.copy()
     close[1100] *= 1.5
     changed = BarArrays(**{**changed.__dict__, "close": close})
     with pytest.raises(HistoryMismatchError):
-        volatility().restore_from_history(saved, changed)
+        volatility().restore_from_history(saved, closes(changed))
 
 
 def test_rolling_sums_restore_running_from_the_series_equals_the_original() -> None:
@@ -114,7 +123,7 @@ def test_engine_compact_state_restores_with_the_lake_bars_and_is_stale_without()
     assert state["families"][BASE_SCOPE]["volatility"]["history"] is True
 
     restored = SymbolEngine(SERIES, windows, BUNDLE)
-    assert restored.restore(state, BARS.slice(0, 1000)) == set()
+    assert restored.restore(state, closes(BARS.slice(0, 1000))) == set()
     rest = BARS.slice(1000, len(BARS))
     assert engine_run(restored, rest) == engine_run(live, rest)
 

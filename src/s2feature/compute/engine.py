@@ -33,6 +33,7 @@ from s2feature.compute.engine_state import (
     saved_state_if_fits,
 )
 from s2feature.compute.family import (
+    CloseHistory,
     FamilyContext,
     FeatureFamily,
     FxCloses,
@@ -189,7 +190,9 @@ class SymbolEngine:
         spans = [f.history_ms() for f in self._base_families if isinstance(f, HistoryBacked)]
         return max(spans, default=0)
 
-    def restore(self, state: Mapping[str, Any], history: BarArrays | None = None) -> set[StateKey]:
+    def restore(
+        self, state: Mapping[str, Any], history: CloseHistory | None = None
+    ) -> set[StateKey]:
         """Restore what fits; return the keys left fresh, for `rebuild`.
 
         A compact entry (`"history": true`) is restored from `history`, the base bars of at
@@ -319,32 +322,44 @@ class SymbolEngine:
         """Start over from a base-bar history (oldest first), as if it had been fed bar by
         bar, without making its snapshots (they were made when the bars were live).
 
-        `HistoryBacked` base families warm-start from the whole history in one vectorised pass;
-        each window's builder and families are fed only the tail they depend on
-        (`wbar_history_ms`), from a UTC day boundary, so a cold start does not replay a month of
-        bars through every window. Values then equal a run over the whole history within the
-        1e-9 tolerance (Wilder's ATR keeps less than that of what came before the tail).
+        `HistoryBacked` base families warm-start from the whole history in one vectorised pass.
+        Each window's families are fed the final w-bars of only the tail they depend on
+        (`wbar_history_ms`, from a UTC day boundary), aggregated in one pass, and its builder
+        the base bars of the open w-bar. Values then equal a run over the whole history within
+        the 1e-9 tolerance (Wilder's ATR keeps less than that of what came before the tail).
         """
         everything = self.state_keys()
         self._install(self._fresh_parts(everything))
         if len(history) == 0:
             return
-        rest = set(everything)
-        for key, family in zip(self._keys(BASE_SCOPE), self._base_families, strict=True):
-            if isinstance(family, HistoryBacked):
-                family.warm_start(history)
-                rest.discard(key)
-        self.seen_until = None
-        if any(scope == BASE_SCOPE for scope, _ in rest):
-            self.rebuild(rest, history.to_bars())  # a base family without a vectorised start
+        if not all(isinstance(f, HistoryBacked) for f in self._base_families):
+            self.seen_until = None
+            self.rebuild(everything, history.to_bars())  # no vectorised start: replay it all
             return
+        for family in self._base_families:
+            assert isinstance(family, HistoryBacked)
+            family.warm_start(history)
         last = int(history.close_time[-1])
         for window in self.windows:
-            start = (last - self.wbar_history_ms(window)) // DAY_MS * DAY_MS
-            first = int(np.searchsorted(history.open_time, start, side="left"))
-            tail = history.slice(first, len(history)).to_bars()
-            self.rebuild({key for key in rest if key[0] == window}, tail)
+            self._warm_window(window, history, last)
         self.seen_until = last
+
+    def _warm_window(self, window: str, history: BarArrays, last: int) -> None:
+        start = (last - self.wbar_history_ms(window)) // DAY_MS * DAY_MS
+        tail = history.slice(int(np.searchsorted(history.open_time, start)), len(history))
+        wbars, _ = aggregate_wbars(tail, interval_ms(window))
+        families = self._wbar_families[window]
+        for bar in wbars.to_bars():
+            t0 = bar.close_time
+            for family in families:
+                family.update(bar)
+                family.values_at(t0)
+        done_until = int(wbars.close_time[-1]) if len(wbars) else start - 1
+        first_open = int(np.searchsorted(tail.open_time, done_until + 1))
+        builder = self._builders[window]
+        for bar in tail.slice(first_open, len(tail)).to_bars():
+            if builder.close_before(bar) is not None or builder.add(bar) is not None:
+                raise AssertionError("a w-bar left out of the aggregation completed")
 
     def wbar_history_ms(self, window: str) -> int:
         """Base-bar history the w-bar families of `window` depend on: Wilder's ATR horizon or
@@ -409,7 +424,7 @@ def _restore_part(part: Part, state: Any, where: str) -> None:
 
 
 def _restore_from_history(
-    part: OnlineFamily, state: Any, history: BarArrays | None, where: str
+    part: OnlineFamily, state: Any, history: CloseHistory | None, where: str
 ) -> bool:
     """Restore a compact entry; False when it cannot be (no history, or one that does not hold
     what was saved): the family is then rebuilt. A state it cannot read is garbage."""

@@ -89,6 +89,15 @@ class OnlineFamily(Protocol):
         """Back to the state of a fresh instance."""
 
 
+@dataclass(frozen=True)
+class CloseHistory:
+    """Close times and closes of base bars, oldest first: what a `HistoryBacked` family derives
+    its bulk state from (the lake reads just these two columns for it)."""
+
+    close_time: IntArray
+    close: FloatArray
+
+
 class HistoryMismatchError(ValueError):
     """The base bars given to `HistoryBacked.restore_from_history` do not hold what the saved
     state was computed from: the family must be rebuilt from the history instead."""
@@ -108,7 +117,7 @@ class HistoryBacked(Protocol):
 
     def checkpoint(self) -> dict[str, Any]: ...
 
-    def restore_from_history(self, state: Mapping[str, Any], history: BarArrays) -> None: ...
+    def restore_from_history(self, state: Mapping[str, Any], history: CloseHistory) -> None: ...
 
     def warm_start(self, history: BarArrays) -> None:
         """Start over as if fed `history` and read at its last close (a cold start)."""

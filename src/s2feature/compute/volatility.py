@@ -34,6 +34,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from s2feature.compute.family import (
     BatchValues,
+    CloseHistory,
     FamilyContext,
     FeatureFamily,
     FloatArray,
@@ -400,12 +401,12 @@ class OnlineVolatilityFamily:
             "seen_until": self._seen_until,
         }
 
-    def restore_from_history(self, state: Mapping[str, Any], history: BarArrays) -> None:
+    def restore_from_history(self, state: Mapping[str, Any], history: CloseHistory) -> None:
         """Continue from `checkpoint()` and the base bars up to the newest one it had seen (at
         least `history_ms` of them): the squared returns are derived again exactly as `update`
         derived them. Raises `HistoryMismatchError` when the bars do not give back the windows
         saved (a lake that lost or changed bars): the caller rebuilds the family instead."""
-        times, squares = _squared_returns(history, self._base_ms)
+        times, squares = _squared_returns(history.close_time, history.close, self._base_ms)
         hours = _unruns(state["sample_hours"])
         values = _unpack_floats(state["sample_values"])
         if len(hours) != len(values):
@@ -432,7 +433,7 @@ class OnlineVolatilityFamily:
         self.reset()
         if len(history) == 0:
             return
-        times, squares = _squared_returns(history, self._base_ms)
+        times, squares = _squared_returns(history.close_time, history.close, self._base_ms)
         now = int(history.close_time[-1])
         self._sums.fill(times, squares, now)
         first_hour = -(-(int(history.close_time[0]) + 1) // HOUR_MS)
@@ -453,10 +454,11 @@ class OnlineVolatilityFamily:
         self._seen_until = now
 
 
-def _squared_returns(bars: BarArrays, base_ms: int) -> tuple[list[int], list[float]]:
+def _squared_returns(
+    close_time: IntArray, close: FloatArray, base_ms: int
+) -> tuple[list[int], list[float]]:
     """`(close_time_i, r_i^2)` of every bar whose return exists, with the online arithmetic
     (`math.log` of the ratio, squared), so the values equal those `update` added bit for bit."""
-    close_time, close = bars.close_time, bars.close
     if len(close) < 2:
         return [], []
     previous, current = close[:-1], close[1:]

@@ -26,9 +26,10 @@ import msgspec
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
+from s2feature.compute.family import CloseHistory
 from s2feature.compute.history import warmup_start_of
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import Bar, BarArrays, SeriesId, Snapshot
+from s2feature.domain import Bar, SeriesId, Snapshot
 from s2feature.dqc.verdict import routing
 from s2feature.ingest.decode import decode_entry
 from s2feature.ingest.stream import StreamIngestor
@@ -143,7 +144,7 @@ class SeriesWorker:
         self.bars_until = last
         return f"warm-up from {len(warm_up)} lake bars"
 
-    def _recent_bars(self, state: dict[str, Any]) -> BarArrays | None:
+    def _recent_bars(self, state: dict[str, Any]) -> CloseHistory | None:
         """The lake's base bars a checkpoint's compact engine entries are restored from: those
         of the engine's `history_ms` up to the checkpoint's newest bar (every one of them was
         appended to the lake before the checkpoint was written)."""
@@ -153,7 +154,10 @@ class SeriesWorker:
         span = self.engine.history_ms()
         if until < 0 or span == 0:
             return None
-        return self.lake.read(self.series.symbol, from_open_time=until - span, to_close_time=until)
+        close_time, close = self.lake.read_closes(
+            self.series.symbol, from_open_time=until - span, to_close_time=until
+        )
+        return CloseHistory(close_time, close)
 
     def apply_bundle(self, bundle: ConfigBundle) -> str | None:
         """Move the state to another bundle, between batches; says what was rebuilt (None when
