@@ -156,6 +156,20 @@ def test_engine_warm_up_equals_a_run_over_the_same_bars(cut: int) -> None:
     assert_close(engine_run(warmed, rest), engine_run(live, rest))
 
 
+def test_engine_warm_up_needs_whole_bars_of_the_tail_only() -> None:
+    windows = ("1h", "4h")
+    cut = 1400
+    whole = SymbolEngine(SERIES, windows, BUNDLE)
+    whole.warm_up(BARS.slice(0, cut))
+    last = int(BARS.close_time[cut - 1])
+    tail_start = whole.warm_up_tail_start(last)
+    first = int(np.searchsorted(BARS.open_time, tail_start))
+    assert first > 0  # the tail really is shorter than the history
+    short = SymbolEngine(SERIES, windows, BUNDLE)
+    short.warm_up(BARS.slice(first, cut), closes(BARS.slice(0, cut)))
+    assert short.snapshot() == whole.snapshot()
+
+
 def test_engine_warm_up_of_nothing_is_a_fresh_engine() -> None:
     warmed = SymbolEngine(SERIES, ("1h",), BUNDLE)
     warmed.warm_up(BARS.slice(0, 0))

@@ -318,15 +318,17 @@ class SymbolEngine:
         self._install(fresh)
         self.seen_until = replayed_until
 
-    def warm_up(self, history: BarArrays) -> None:
+    def warm_up(self, history: BarArrays, closes: CloseHistory | None = None) -> None:
         """Start over from a base-bar history (oldest first), as if it had been fed bar by
         bar, without making its snapshots (they were made when the bars were live).
 
-        `HistoryBacked` base families warm-start from the whole history in one vectorised pass.
-        Each window's families are fed the final w-bars of only the tail they depend on
-        (`wbar_history_ms`, from a UTC day boundary), aggregated in one pass, and its builder
-        the base bars of the open w-bar. Values then equal a run over the whole history within
-        the 1e-9 tolerance (Wilder's ATR keeps less than that of what came before the tail).
+        `HistoryBacked` base families warm-start from `closes` (by default those of `history`)
+        in one vectorised pass. Each window's families are fed the final w-bars of only the
+        tail they depend on (from `warm_up_tail_start`), aggregated in one pass, and its builder
+        the base bars of the open w-bar; so `history` needs to reach back only to
+        `warm_up_tail_start`, and `closes` as far as the families' `history_ms`. Values then
+        equal a run over the whole history within the 1e-9 tolerance (Wilder's ATR keeps less
+        than that of what came before the tail).
         """
         everything = self.state_keys()
         self._install(self._fresh_parts(everything))
@@ -336,16 +338,26 @@ class SymbolEngine:
             self.seen_until = None
             self.rebuild(everything, history.to_bars())  # no vectorised start: replay it all
             return
+        if closes is None:
+            closes = CloseHistory(history.close_time, history.close)
         for family in self._base_families:
             assert isinstance(family, HistoryBacked)
-            family.warm_start(history)
+            family.warm_start(closes)
         last = int(history.close_time[-1])
         for window in self.windows:
             self._warm_window(window, history, last)
         self.seen_until = last
 
+    def warm_up_tail_start(self, last: int) -> int:
+        """`open_time` from which `warm_up` needs whole base bars, for a history ending with a
+        bar closing at `last`."""
+        return min(self._tail_start(window, last) for window in self.windows)
+
+    def _tail_start(self, window: str, last: int) -> int:
+        return (last - self.wbar_history_ms(window)) // DAY_MS * DAY_MS
+
     def _warm_window(self, window: str, history: BarArrays, last: int) -> None:
-        start = (last - self.wbar_history_ms(window)) // DAY_MS * DAY_MS
+        start = self._tail_start(window, last)
         tail = history.slice(int(np.searchsorted(history.open_time, start)), len(history))
         wbars, _ = aggregate_wbars(tail, interval_ms(window))
         families = self._wbar_families[window]

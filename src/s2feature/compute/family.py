@@ -119,7 +119,7 @@ class HistoryBacked(Protocol):
 
     def restore_from_history(self, state: Mapping[str, Any], history: CloseHistory) -> None: ...
 
-    def warm_start(self, history: BarArrays) -> None:
+    def warm_start(self, history: CloseHistory) -> None:
         """Start over as if fed `history` and read at its last close (a cold start)."""
 
 

@@ -425,13 +425,13 @@ class OnlineVolatilityFamily:
         self._next_hour = None if next_hour is None else int(next_hour)
         self._seen_until = int(state["seen_until"])
 
-    def warm_start(self, history: BarArrays) -> None:
+    def warm_start(self, history: CloseHistory) -> None:
         """Start over as if `history` (base bars, oldest first) had been fed and the values read
         at its last close, in one vectorised pass: the windows' totals are exact sums and the
         hourly samples are computed by the batch kernel, so they may differ from a bar-by-bar
         run in their last bits (far inside the 1e-9 agreement of online and batch)."""
         self.reset()
-        if len(history) == 0:
+        if len(history.close_time) == 0:
             return
         times, squares = _squared_returns(history.close_time, history.close, self._base_ms)
         now = int(history.close_time[-1])

@@ -136,13 +136,17 @@ class SeriesWorker:
         last = self.lake.last_close_time(self.series.symbol)
         if last is None:
             return "warm-up from 0 lake bars"
-        # Only the history the features depend on (31 days and a margin), not the whole lake.
+        # Only the history the features depend on (31 days and a margin), not the whole lake:
+        # the closes of all of it, whole bars of the tail the w-bar families need.
+        symbol = self.series.symbol
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
-        warm_up = self.lake.read(self.series.symbol, from_open_time=start, to_close_time=last)
-        # The engine is fed every bar but makes no snapshot: they were written when live.
-        self.engine.warm_up(warm_up)
+        close_time, close = self.lake.read_closes(symbol, from_open_time=start, to_close_time=last)
+        tail_start = max(start, self.engine.warm_up_tail_start(last))
+        tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
+        # No snapshot is made of these bars: they were written when live.
+        self.engine.warm_up(tail, CloseHistory(close_time, close))
         self.bars_until = last
-        return f"warm-up from {len(warm_up)} lake bars"
+        return f"warm-up from {len(close)} lake bars"
 
     def _recent_bars(self, state: dict[str, Any]) -> CloseHistory | None:
         """The lake's base bars a checkpoint's compact engine entries are restored from: those
