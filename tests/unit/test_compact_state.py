@@ -174,3 +174,37 @@ def test_engine_warm_up_of_nothing_is_a_fresh_engine() -> None:
     warmed = SymbolEngine(SERIES, ("1h",), BUNDLE)
     warmed.warm_up(BARS.slice(0, 0))
     assert warmed.snapshot() == SymbolEngine(SERIES, ("1h",), BUNDLE).snapshot()
+
+
+def test_rolling_sums_keep_exact_times_across_rebases_and_wide_spans() -> None:
+    # Offsets are 4 bytes: a series running for months is re-based as old pairs leave, and one
+    # whose windows hold more than 2^32 ms keeps 8-byte times; both give the plain arithmetic.
+    day = 86_400_000
+    for spans in ([day, 30 * day], [60 * day]):
+        sums, kept = RollingSums(spans), []
+        for step in range(400):
+            time = 1_700_000_000_000 + step * day // 2
+            sums.advance(time - 1)
+            sums.add(time, float(step))
+            kept.append((time, float(step)))
+            for index, span in enumerate(spans):
+                window = [(t, v) for t, v in kept if t > time - 1 - span]
+                assert sums.window(index) == ([t for t, _ in window], [v for _, v in window])
+                assert sums.total(index) == pytest.approx(sum(v for _, v in window), rel=1e-12)
+        again = RollingSums(spans)
+        again.restore(sums.snapshot())
+        assert again.snapshot() == sums.snapshot()
+
+
+def test_rolling_sums_drop_old_pairs_in_one_move_and_keep_every_window() -> None:
+    sums, values = RollingSums([50, 3000]), []
+    for time in range(1, 12_000):
+        sums.advance(time - 1)
+        sums.add(time, float(time % 13))
+        values.append(float(time % 13))
+        if time % 997 == 0:
+            # advanced to time - 1, then time added: (time - 1 - span, time]
+            assert sums.window(0) == (list(range(time - 50, time + 1)), values[-51:])
+            assert sums.window(1) == (list(range(max(1, time - 3000), time + 1)), values[-3001:])
+    # Pairs no window holds are not kept for ever: at most the compaction slack.
+    assert len(sums._times) <= 3001 + 4096

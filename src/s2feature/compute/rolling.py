@@ -1,10 +1,11 @@
 """Rolling time-window sums that stay exact to a stated tolerance, for online families.
 
 `RollingSums` keeps several windows of different spans over one series of (time, value) pairs:
-the pairs are stored once, in two flat `array`s (8 bytes a number, not a Python float object and
-a deque slot each), and every window is a suffix of that series, marked by its head index. A
-30-day window of one-minute values costs 16 bytes a minute: about 0.7 MB, where a deque of Python
-floats and ints held about 3 MB.
+the pairs are stored once, in two flat `array`s, not as Python objects in deques, and every
+window is a suffix of that series, marked by its head index. Values are doubles (8 bytes); times
+are 4-byte offsets from an origin, re-based when an offset would pass 2^32 - 1 ms (49 days; a
+series that holds a wider span keeps 8-byte times). A 30-day window of one-minute values costs
+12 bytes a minute: about 0.5 MB, where deques of Python floats and ints held about 3 MB.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ _UNIT_ROUNDOFF: Final = 2.0**-53
 # Pairs no window holds any more are dropped in one move once there are this many and they are
 # at least half the series: amortised O(1), and at most this much slack per series.
 _COMPACT_AT: Final = 4096
+_OFFSET_MAX: Final = 2**32 - 1
+_NARROW: Final = "I" if array("I").itemsize == 4 else "L"  # 4-byte unsigned offsets
+if array(_NARROW).itemsize != 4:
+    raise RuntimeError("no 4-byte unsigned array type on this platform")
 
 
 class RollingSums:
@@ -33,11 +38,12 @@ class RollingSums:
     value leaves. The arithmetic, step for step, is that of one deque per window.
     """
 
-    __slots__ = ("_errors", "_heads", "_spans", "_times", "_totals", "_values")
+    __slots__ = ("_errors", "_heads", "_origin", "_spans", "_times", "_totals", "_values")
 
     def __init__(self, spans_ms: Sequence[int]) -> None:
         self._spans = tuple(spans_ms)
-        self._times = array("q")
+        self._origin = 0  # time of offset 0 (0 with 8-byte times)
+        self._times = array(_NARROW)  # time - origin
         self._values = array("d")
         self._heads = [0] * len(self._spans)
         self._totals = [0.0] * len(self._spans)
@@ -48,7 +54,13 @@ class RollingSums:
 
     def add(self, time: int, value: float) -> None:
         """Append a value to every window (times strictly increase)."""
-        self._times.append(time)
+        times = self._times
+        if not times and times.typecode == _NARROW:
+            self._origin = time
+        elif time - self._origin > _OFFSET_MAX and times.typecode == _NARROW:
+            self._rebase(time)
+            times = self._times
+        times.append(time - self._origin)
         self._values.append(value)
         totals, errors = self._totals, self._errors
         for index in range(len(totals)):
@@ -64,7 +76,7 @@ class RollingSums:
     def advance_one(self, index: int, now: int) -> None:
         times, head = self._times, self._heads[index]
         end = len(times)
-        horizon = now - self._spans[index]
+        horizon = now - self._spans[index] - self._origin
         if head >= end or times[head] > horizon:
             return
         values = self._values
@@ -88,6 +100,31 @@ class RollingSums:
             self._totals[index] = self._errors[index] = total
         return total
 
+    def _rebase(self, time: int) -> None:
+        """Drop the pairs no window holds, and take the oldest kept time (or `time`) as the
+        origin, so that `time` gets an offset that fits."""
+        oldest = min(self._heads)
+        kept = self._absolute(oldest)
+        self._load(kept, self._values[oldest:], upto=time)
+        self._heads = [head - oldest for head in self._heads]
+
+    def _absolute(self, start: int = 0) -> list[int]:
+        origin = self._origin
+        return [offset + origin for offset in self._times[start:]]
+
+    def _load(self, times: Sequence[int], values: Sequence[float], upto: int | None = None) -> None:
+        """Hold these pairs (absolute times ascending), with 4-byte offsets when every time up
+        to `upto` fits them."""
+        origin = times[0] if times else (upto if upto is not None else 0)
+        newest = max(times[-1] if times else origin, origin if upto is None else upto)
+        if newest - origin <= _OFFSET_MAX:
+            self._origin = origin
+            self._times = array(_NARROW, [t - origin for t in times])
+        else:
+            self._origin = 0
+            self._times = array("q", times)
+        self._values = array("d", values)
+
     def _compact(self) -> None:
         oldest = min(self._heads)
         if oldest >= _COMPACT_AT and 2 * oldest >= len(self._times):
@@ -96,7 +133,8 @@ class RollingSums:
             self._heads = [head - oldest for head in self._heads]
 
     def reset(self) -> None:
-        del self._times[:]
+        self._origin = 0
+        self._times = array(_NARROW)
         del self._values[:]
         n = len(self._spans)
         self._heads, self._totals, self._errors = [0] * n, [0.0] * n, [0.0] * n
@@ -105,7 +143,7 @@ class RollingSums:
 
     def window(self, index: int) -> tuple[list[int], list[float]]:
         head = self._heads[index]
-        return self._times[head:].tolist(), self._values[head:].tolist()
+        return self._absolute(head), self._values[head:].tolist()
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One `{times, values, total, error}` per window (each window's own pairs)."""
@@ -128,8 +166,8 @@ class RollingSums:
         if len(states) != len(self._spans):
             raise ValueError(f"{len(states)} windows saved, {len(self._spans)} expected")
         longest = max(range(len(states)), key=lambda i: len(states[i]["times"]))
-        times = array("q", (int(t) for t in states[longest]["times"]))
-        values = array("d", (float(v) for v in states[longest]["values"]))
+        times = [int(t) for t in states[longest]["times"]]
+        values = [float(v) for v in states[longest]["values"]]
         heads = []
         for state in states:
             n = len(state["times"])
@@ -139,7 +177,8 @@ class RollingSums:
             if n and (int(state["times"][0]) != times[head]):
                 raise ValueError("saved windows are not suffixes of one series")
             heads.append(head)
-        self._times, self._values, self._heads = times, values, heads
+        self._load(times, values)
+        self._heads = heads
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]
 
@@ -148,12 +187,12 @@ class RollingSums:
         (`times` ascending, none after `now`), each total computed exactly (an anchored state)."""
         self.reset()
         start = bisect.bisect_right(times, now - max(self._spans, default=0))
-        self._times = array("q", times[start:])
-        self._values = array("d", values[start:])
+        kept = list(times[start:])
+        self._load(kept, values[start:])
         for index, span in enumerate(self._spans):
-            head = bisect.bisect_right(self._times, now - span)
+            head = bisect.bisect_right(kept, now - span)
             self._heads[index] = head
-            total = math.fsum(self._values[head:]) if head < len(self._times) else 0.0
+            total = math.fsum(self._values[head:]) if head < len(kept) else 0.0
             self._totals[index] = self._errors[index] = total
 
     def running(self) -> list[dict[str, Any]]:
@@ -167,8 +206,8 @@ class RollingSums:
                     "total": self._totals[index],
                     "error": self._errors[index],
                     "count": n,
-                    "first": self._times[head] if n else None,
-                    "last": self._times[-1] if n else None,
+                    "first": self._times[head] + self._origin if n else None,
+                    "last": self._times[-1] + self._origin if n else None,
                 }
             )
         return out
@@ -191,8 +230,8 @@ class RollingSums:
         first = min(int(s["first"]) for s in saved)
         last = max(int(s["last"]) for s in saved)
         lo, hi = bisect.bisect_left(times, first), bisect.bisect_right(times, last)
-        kept_times = array("q", times[lo:hi])
-        kept_values = array("d", values[lo:hi])
+        kept_times = list(times[lo:hi])
+        kept_values = list(values[lo:hi])
         heads = []
         for state in states:
             n = int(state["count"])
@@ -206,7 +245,8 @@ class RollingSums:
             if abs(exact - total) > 1e-9 * abs(exact):
                 raise ValueError(f"saved window sum {total!r} differs from the series' {exact!r}")
             heads.append(head)
-        self._times, self._values, self._heads = kept_times, kept_values, heads
+        self._load(kept_times, kept_values)
+        self._heads = heads
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]
 
