@@ -16,6 +16,9 @@ from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
+
 # The running total is re-anchored with an exact sum before its accumulated rounding could exceed
 # this relative error, so online sums stay within the project's 1e-9 agreement with batch ones.
 ANCHOR_RTOL: Final = 1e-12
@@ -24,6 +27,8 @@ _UNIT_ROUNDOFF: Final = 2.0**-53
 # at least half the series: amortised O(1), and at most this much slack per series.
 _COMPACT_AT: Final = 4096
 _OFFSET_MAX: Final = 2**32 - 1
+Times = Sequence[int] | npt.NDArray[np.int64]
+Values = Sequence[float] | npt.NDArray[np.float64]
 _NARROW: Final = "I" if array("I").itemsize == 4 else "L"  # 4-byte unsigned offsets
 if array(_NARROW).itemsize != 4:
     raise RuntimeError("no 4-byte unsigned array type on this platform")
@@ -112,18 +117,23 @@ class RollingSums:
         origin = self._origin
         return [offset + origin for offset in self._times[start:]]
 
-    def _load(self, times: Sequence[int], values: Sequence[float], upto: int | None = None) -> None:
+    def _load(self, times: Times, values: Values, upto: int | None = None) -> None:
         """Hold these pairs (absolute times ascending), with 4-byte offsets when every time up
         to `upto` fits them."""
-        origin = times[0] if times else (upto if upto is not None else 0)
-        newest = max(times[-1] if times else origin, origin if upto is None else upto)
+        absolute = np.asarray(times, dtype=np.int64)
+        n = len(absolute)
+        origin = int(absolute[0]) if n else (upto if upto is not None else 0)
+        newest = max(int(absolute[-1]) if n else origin, origin if upto is None else upto)
         if newest - origin <= _OFFSET_MAX:
             self._origin = origin
-            self._times = array(_NARROW, [t - origin for t in times])
+            self._times = array(_NARROW)
+            self._times.frombytes((absolute - origin).astype(np.uint32).tobytes())
         else:
             self._origin = 0
-            self._times = array("q", times)
-        self._values = array("d", values)
+            self._times = array("q")
+            self._times.frombytes(absolute.tobytes())
+        self._values = array("d")
+        self._values.frombytes(np.asarray(values, dtype=np.float64).tobytes())
 
     def _compact(self) -> None:
         oldest = min(self._heads)
@@ -182,12 +192,12 @@ class RollingSums:
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]
 
-    def fill(self, times: Sequence[int], values: Sequence[float], now: int) -> None:
+    def fill(self, times: Times, values: Values, now: int) -> None:
         """Start over holding, per window, the given pairs with time in `(now - span, now]`
         (`times` ascending, none after `now`), each total computed exactly (an anchored state)."""
         self.reset()
         start = bisect.bisect_right(times, now - max(self._spans, default=0))
-        kept = list(times[start:])
+        kept = times[start:]
         self._load(kept, values[start:])
         for index, span in enumerate(self._spans):
             head = bisect.bisect_right(kept, now - span)
@@ -213,7 +223,7 @@ class RollingSums:
         return out
 
     def restore_running(
-        self, states: Sequence[Mapping[str, Any]], times: Sequence[int], values: Sequence[float]
+        self, states: Sequence[Mapping[str, Any]], times: Times, values: Values
     ) -> None:
         """Continue from `running()` and the series the windows held, given again (`times`
         ascending; pairs outside the windows are ignored). Raises ValueError when the series
@@ -230,22 +240,21 @@ class RollingSums:
         first = min(int(s["first"]) for s in saved)
         last = max(int(s["last"]) for s in saved)
         lo, hi = bisect.bisect_left(times, first), bisect.bisect_right(times, last)
-        kept_times = list(times[lo:hi])
-        kept_values = list(values[lo:hi])
+        self._load(times[lo:hi], values[lo:hi])
+        kept, origin = self._times, self._origin
         heads = []
         for state in states:
             n = int(state["count"])
-            head = len(kept_times) - n
-            if head < 0 or (n and (kept_times[head] != int(state["first"]))):
+            head = len(kept) - n
+            if head < 0 or (n and (kept[head] + origin != int(state["first"]))):
                 raise ValueError("the series given does not hold the saved window")
-            if n and kept_times[-1] != int(state["last"]):
+            if n and kept[-1] + origin != int(state["last"]):
                 raise ValueError("the series given does not hold the saved window")
             total = float(state["total"])
-            exact = math.fsum(kept_values[head:])
+            exact = math.fsum(self._values[head:])
             if abs(exact - total) > 1e-9 * abs(exact):
                 raise ValueError(f"saved window sum {total!r} differs from the series' {exact!r}")
             heads.append(head)
-        self._load(kept_times, kept_values)
         self._heads = heads
         self._totals = [float(s["total"]) for s in states]
         self._errors = [float(s["error"]) for s in states]

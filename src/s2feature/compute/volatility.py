@@ -456,19 +456,22 @@ class OnlineVolatilityFamily:
 
 def _squared_returns(
     close_time: IntArray, close: FloatArray, base_ms: int
-) -> tuple[list[int], list[float]]:
-    """`(close_time_i, r_i^2)` of every bar whose return exists, with the online arithmetic
-    (`math.log` of the ratio, squared), so the values equal those `update` added bit for bit."""
+) -> tuple[IntArray, FloatArray]:
+    """`(close_time_i, r_i^2)` of every bar whose return exists, with the online arithmetic, so
+    the values equal those `update` added bit for bit: the ratio and the square are single IEEE
+    operations (correctly rounded, in numpy as in Python), the logarithm is `math.log` itself,
+    not numpy's (whose vectorised kernels may differ in the last bit)."""
+    close_time = np.asarray(close_time, dtype=np.int64)
+    close = np.asarray(close, dtype=np.float64)
     if len(close) < 2:
-        return [], []
+        return close_time[:0], close[:0]
     previous, current = close[:-1], close[1:]
     with np.errstate(invalid="ignore"):
         valid = (np.diff(close_time) == base_ms) & (previous > 0.0) & (current > 0.0)
         valid &= (current < math.inf) & (previous < math.inf)
-    times: list[int] = close_time[1:][valid].tolist()
-    ratios = (c / p for c, p in zip(current[valid].tolist(), previous[valid].tolist(), strict=True))
-    squares = [r * r for r in map(math.log, ratios)]
-    return times, squares
+    ratios = (current[valid] / previous[valid]).tolist()
+    logs = np.fromiter(map(math.log, ratios), dtype=np.float64, count=len(ratios))
+    return close_time[1:][valid], logs * logs
 
 
 def _runs(hours: list[int]) -> list[list[int]]:

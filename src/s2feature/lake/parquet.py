@@ -146,6 +146,8 @@ def _latest_per_open_time(table: pa.Table) -> pa.Table:
     The caller concatenates parts in ascending sequence order, so "last" is "latest append".
     """
     open_time = np.asarray(table.column("open_time").to_numpy(), dtype=np.int64)
+    if len(open_time) < 2 or bool(np.all(open_time[1:] > open_time[:-1])):
+        return table  # one part, or parts in order without a repeated open_time: nothing to do
     order = np.argsort(open_time, kind="stable")  # stable: equal keys keep part order
     ordered = open_time[order]
     is_last = np.ones(len(order), dtype=np.bool_)

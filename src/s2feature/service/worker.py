@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from s2feature import strict_json
 from s2feature.compute.engine import SymbolEngine
@@ -140,13 +141,17 @@ class SeriesWorker:
         # the closes of all of it, whole bars of the tail the w-bar families need.
         symbol = self.series.symbol
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
-        close_time, close = self.lake.read_closes(symbol, from_open_time=start, to_close_time=last)
         tail_start = max(start, self.engine.warm_up_tail_start(last))
         tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
+        # Base intervals divide a day and the tail starts on one: no bar straddles its start.
+        early_time, early = self.lake.read_closes(symbol, start, to_close_time=tail_start - 1)
+        closes = CloseHistory(
+            np.concatenate([early_time, tail.close_time]), np.concatenate([early, tail.close])
+        )
         # No snapshot is made of these bars: they were written when live.
-        self.engine.warm_up(tail, CloseHistory(close_time, close))
+        self.engine.warm_up(tail, closes)
         self.bars_until = last
-        return f"warm-up from {len(close)} lake bars"
+        return f"warm-up from {len(closes.close)} lake bars"
 
     def _recent_bars(self, state: dict[str, Any]) -> CloseHistory | None:
         """The lake's base bars a checkpoint's compact engine entries are restored from: those
