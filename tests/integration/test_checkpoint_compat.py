@@ -1,6 +1,8 @@
 """Checkpoints across formats and lake states: a version 3 checkpoint restores from the lake's
-bars, a version 2 one (the whole state) still restores, one of an unknown version and one whose
-lake bars are gone are rebuilt from the lake; outputs stay equal to a recompute every time."""
+bars, a version 2 one (the whole state) still restores, one of an unknown version is replaced by a
+warm-up from the lake (outputs equal a recompute in these cases); a lake that lost bars makes the
+family be rebuilt from what is left, and a lake that is gone an engine that starts over, never a
+failed start."""
 
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def as_version_2(state: dict[str, Any], lake: BarLake) -> dict[str, Any]:
     return {**state, "version": 2, "engine": engine.snapshot()}
 
 
-@pytest.mark.parametrize("change", ["none", "version 2", "version 99", "lake lost"])
+@pytest.mark.parametrize("change", ["none", "version 2", "version 99", "lake lost", "lake gone"])
 def test_a_restart_from_any_checkpoint_gives_the_outputs_of_a_recompute(
     redis_server: RedisServer, tmp_path: Path, change: str
 ) -> None:
@@ -104,11 +106,15 @@ def test_a_restart_from_any_checkpoint_gives_the_outputs_of_a_recompute(
         days = sorted((tmp_path / "lake" / f"symbol={SERIES.symbol}").iterdir())
         shutil.rmtree(days[0])
         expect = "volatility@base rebuilt"
+    elif change == "lake gone":
+        # Nothing left to rebuild from: the engine starts over, the positions stay.
+        shutil.rmtree(tmp_path / "lake")
+        expect = "volatility@base not rebuilt"
     assert expect in restore_says(env, client)
     for fields in entries[half:]:
         client.xadd(SERIES.stream_key, fields)  # type: ignore[arg-type]
     run_burst(env)
-    if change != "lake lost":  # outputs made before the loss came from the lost bars
+    if not change.startswith("lake"):  # outputs before the loss came from the lost bars
         checks.assert_outputs_match_recompute(client, SERIES, env, ConfigBundle())
     state = json.loads(client.get(cache_key(SERIES.symbol)) or "null")
     assert state["version"] == CHECKPOINT_VERSION

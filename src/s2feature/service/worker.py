@@ -130,16 +130,29 @@ class SeriesWorker:
             how = f"checkpoint at entry {state['applied']}"
             if stale:
                 history = self._history()
-                self.engine.rebuild(stale, history)
-                how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
+                try:
+                    self.engine.rebuild(stale, history)
+                    how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
+                except ValueError as exc:
+                    # The lake lost bars the checkpoint's engine had seen: what it holds is all
+                    # there is. The positions stay the checkpoint's (its outputs were written).
+                    self.engine = SymbolEngine(self.series, self.settings.windows, self.bundle)
+                    warmed = self._warm_up_engine()
+                    how += f", {describe(stale)} not rebuilt ({exc}): engine {warmed}"
             return how
         self._fresh_state()
-        last = self.lake.last_close_time(self.series.symbol)
+        how = self._warm_up_engine()
+        self.bars_until = self.engine.seen_until if self.engine.seen_until is not None else -1
+        return how
+
+    def _warm_up_engine(self) -> str:
+        """Warm the (fresh) engine up from the lake; says from how many bars."""
+        symbol = self.series.symbol
+        last = self.lake.last_close_time(symbol)
         if last is None:
             return "warm-up from 0 lake bars"
         # Only the history the features depend on (31 days and a margin), not the whole lake:
         # the closes of all of it, whole bars of the tail the w-bar families need.
-        symbol = self.series.symbol
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
         tail_start = max(start, self.engine.warm_up_tail_start(last))
         tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
@@ -150,7 +163,6 @@ class SeriesWorker:
         )
         # No snapshot is made of these bars: they were written when live.
         self.engine.warm_up(tail, closes)
-        self.bars_until = last
         return f"warm-up from {len(closes.close)} lake bars"
 
     def _recent_bars(self, state: dict[str, Any]) -> CloseHistory | None:
