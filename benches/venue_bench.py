@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,16 @@ class Venue:
 
     @property
     def lake_dir(self) -> Path:
-        return self.workdir / f"lake-{self.days}d-{self.live_minutes}m"
+        """The history only, laid once and never written by a service run (each run works on a
+        copy of it: a service appends its live bars to its lake)."""
+        return self.workdir / f"history-{self.days}d-{self.live_minutes}m"
+
+    def lake_copy(self, target: Path) -> Path:
+        """A copy of the history of the first `symbols` symbols, for one service run."""
+        for index in range(self.symbols):
+            name = f"symbol={symbol_name(index)}"
+            shutil.copytree(self.lake_dir / name, target / name)
+        return target
 
     def series(self, index: int) -> SeriesId:
         return SeriesId("venue", "fut", symbol_name(index))
@@ -140,14 +150,14 @@ class Venue:
             total += len(entries)
         return total
 
-    def env(self, server: RedisServer, workdir: Path, consumer: str) -> dict[str, str]:
+    def env(self, server: RedisServer, workdir: Path, consumer: str, lake: Path) -> dict[str, str]:
         return {
             "S2_REDIS_ADDRESSES": f"{server.host}:{server.port}",
             "S2_SYMBOLS": ",".join(f"venue:fut:{symbol_name(i)}" for i in range(self.symbols)),
             "S2_WINDOWS": WINDOWS,
             "S2_CONSUMER_NAME": consumer,
             "S2_DB_SQLITE_PATH": str(workdir / "s2.db"),
-            "S2_LAKE_DIR": str(self.lake_dir),
+            "S2_LAKE_DIR": str(lake),
             "S2_LOG_LEVEL": "INFO",
             "S2_API_PORT": "0",
             "S2_CHECKPOINT_MS": str(CHECKPOINT_MS),
@@ -155,8 +165,8 @@ class Venue:
 
 
 def _venue_start_ms(days: int) -> int:
-    # A fixed UTC midnight, so that every run lays the same lake.
-    return 1_700_006_400_000 - days * 86_400_000
+    # A fixed UTC midnight (2023-11-14), so that every run lays the same lake.
+    return 1_699_920_000_000 - days * 86_400_000
 
 
 def _shifted(bars: BarArrays, shift: int) -> BarArrays:
@@ -243,7 +253,7 @@ def measure(venue: Venue, burst_s: float) -> VenueFigures:
             floor_rate = max(
                 floor_pass(client, _stream_inputs(keys), f"floor{k}") for k in range(2)
             )
-            env = venue.env(server, workdir, "venue-1")
+            env = venue.env(server, workdir, "venue-1", venue.lake_copy(workdir / "lake"))
             cold = run_service(env, burst_s, workdir / "cold.log")
             checkpoint_bytes = [int(client.strlen(cache_key(s.symbol))) for s in keys]
             restart = run_service(env, burst_s, workdir / "restart.log")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,9 +43,23 @@ from venue_bench import DAY_MINUTES, Venue  # noqa: E402
 CHUNK_BARS = 6
 
 
-def live_bars(venue: Venue) -> list[BarArrays]:
+def live_bars(venue: Venue, lake_venue: Venue) -> list[BarArrays]:
+    """Each symbol's live minutes after the lake's history. The seeded split of a longer stretch
+    gives other prices than the lake's (it depends on the stretch's length), so the live bars
+    are scaled to open at the lake's last close, and the jump check sees a continuous series."""
     history = venue.days * DAY_MINUTES
-    return [_live_copy(venue.minute_bars(i), history) for i in range(venue.symbols)]
+    out = []
+    for index in range(venue.symbols):
+        last_close = float(lake_venue.minute_bars(index).close[history - 1])
+        live = _live_copy(venue.minute_bars(index), history)
+        scale = last_close / float(live.open[0])
+        fields = dict(live.__dict__)
+        for name in ("open", "high", "low", "close", "mid", "best_bid", "best_ask"):
+            fields[name] = fields[name] * scale
+        for name in ("bid_qty", "ask_qty"):  # quantities of a depth in USDT
+            fields[name] = fields[name] / scale
+        out.append(BarArrays(**fields))
+    return out
 
 
 def entries_in_time_order(
@@ -97,6 +112,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="entries per second")
     parser.add_argument("--days", type=int, default=31)
+    parser.add_argument("--log-level", default="WARNING", help="the service's S2_LOG_LEVEL")
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s2feature-venue-bench"
     )
@@ -104,17 +120,21 @@ def main() -> None:
     per_bar = 10
     bars_needed = int(args.rate * args.minutes * 60 / args.symbols / per_bar) + 2 * CHUNK_BARS
     args.workdir.mkdir(parents=True, exist_ok=True)
-    # The lake holds the history only; its directory name is that of the bench's 60-minute venue.
+    # The history is the bench's (its 60-minute venue's lake), copied for this run.
     lake_venue = Venue(args.workdir, args.symbols, args.days, 60, 3)
     lake_venue.ensure_lake()
     venue = Venue(args.workdir, args.symbols, args.days, bars_needed, per_bar)
-    bars = live_bars(venue)
+    bars = live_bars(venue, lake_venue)
     with (
         tempfile.TemporaryDirectory(prefix="venue-soak-", dir=args.workdir) as tmp,
         RedisServer(Path(tmp) / "redis", appendonly=False) as server,
     ):
         workdir = Path(tmp)
-        env = {**os.environ, **lake_venue.env(server, workdir, "soak"), "S2_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            **lake_venue.env(server, workdir, "soak", lake_venue.lake_copy(workdir / "lake")),
+            "S2_LOG_LEVEL": args.log_level,
+        }
         log = open(workdir / "service.log", "wb")  # noqa: SIM115 - open while the service runs
         process = subprocess.Popen(
             [sys.executable, "-m", "s2feature.cli", "run"], cwd=ROOT, env=env, stderr=log
@@ -177,6 +197,7 @@ def main() -> None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
             log.close()
+            shutil.copy(workdir / "service.log", args.workdir / "soak-service.log")
     latencies = []
     for key, entry_id, arrived in arrivals:
         t0 = int(entry_id.partition("-")[0])
@@ -184,6 +205,7 @@ def main() -> None:
         if sent is not None:
             latencies.append((arrived - sent) * 1e3)
     print(f"soak: {args.minutes:g} min at {args.rate:,.0f} entries/s over {args.symbols} symbols")
+    print(f"  {len(arrivals):,} emits, {len(latencies):,} matched to the entry that finalised them")
     print("  RSS curve (s, MB):")
     for minute in range(int(args.minutes) + 1):
         points = [mb for t, mb in rss if minute * 60 <= t < (minute + 1) * 60]

@@ -17,6 +17,7 @@ emits make that a no-op where the first attempt had got through).
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,11 @@ class SeriesWorker:
         self._unacked: list[str] = []  # committed entries waiting for the next checkpoint
         self._unlaked: list[Bar] = []  # their base bars, appended to the lake at that checkpoint
         self._unsaved_id: str | None = None
-        self._flushed_at = time.monotonic()
+        # Each symbol's checkpoints keep a phase of their own within the interval (from its
+        # name), so that an instance with a hundred symbols does not append a hundred lake parts
+        # and write a hundred checkpoints in the same round every interval.
+        phase = zlib.crc32(series.symbol.encode()) / 2**32
+        self._flushed_at = time.monotonic() - phase * self._checkpoint_s
         # The last commit's batch and its emit script, until `settle` collects the reply (the
         # script is None when it was not sent ahead, or its reply failed: settle runs it).
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
