@@ -198,6 +198,7 @@ def main() -> None:
             process.wait(timeout=60)
             log.close()
             shutil.copy(workdir / "service.log", args.workdir / "soak-service.log")
+            shutil.copy(workdir / "s2.db", args.workdir / "soak-s2.db")
     latencies = []
     for key, entry_id, arrived in arrivals:
         t0 = int(entry_id.partition("-")[0])
