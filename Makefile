@@ -5,7 +5,7 @@ UV = $(shell scripts/ensure-uv.sh)
 OUT ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo bench lint check clean
+.PHONY: help setup test test-fast demo bench soak lint check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ bench: setup ## performance figures and ratios, measured in one run
 	$(UV) run python benches/service_bench.py
 	$(UV) run python benches/recompute_bench.py
 	$(UV) run python benches/live_under_recompute.py
+	$(UV) run python benches/venue_bench.py --symbols 3,10,100
+
+soak: setup ## 10 minutes at 1,000 entries/s over 100 symbols: RSS curve and latency (not in CI)
+	$(UV) run python benches/venue_soak.py --symbols 100 --minutes 10 --rate 1000
 
 lint: setup ## ruff, formatting and mypy --strict
 	$(UV) run ruff check src tests benches

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from s2feature.compute.family import BatchValues, FamilyContext, FeatureFamily, FloatArray, IntArray
 from s2feature.domain import Bar, BarArrays, FeatureValue
@@ -80,6 +79,10 @@ def _true_range_into(high: FloatArray, low: FloatArray, close: FloatArray, out: 
 
 
 def _filter_in_place(values: FloatArray, decay: float, gain: float, before: float) -> None:
+    # Imported here: scipy.signal costs the service's process about 60 MB and 2 s at start-up,
+    # and only the batch path (recompute, short series) needs it.
+    from scipy.signal import lfilter
+
     filtered, _ = lfilter([gain], [1.0, -decay], values, zi=[decay * before])
     values[:] = filtered
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
+import numpy as np
+
 from s2feature.compute.assembly import SnapshotAssembler
 from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars
 from s2feature.compute.engine_state import (
@@ -31,15 +33,20 @@ from s2feature.compute.engine_state import (
     saved_state_if_fits,
 )
 from s2feature.compute.family import (
+    CloseHistory,
     FamilyContext,
     FeatureFamily,
     FxCloses,
     FxCloseTable,
+    HistoryBacked,
+    HistoryMismatchError,
     OnlineFamily,
 )
+from s2feature.compute.history import atr_warmup_wbars
 from s2feature.compute.registry import FAMILIES
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import (
+    DAY_MS,
     WINDOWS,
     Bar,
     BarArrays,
@@ -151,17 +158,23 @@ class SymbolEngine:
         keys = {(scope, f.name) for scope, kinds in self._kinds.items() for f in kinds}
         return keys | {(window, WBARS) for window in self.windows}
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of the whole engine (format: `compute.engine_state`)."""
-        families = {
-            scope: {
-                family.name: entry(family, params, instance.snapshot())
-                for family, params, instance in zip(
-                    kinds, self._params[scope], self._instances[scope], strict=True
-                )
-            }
-            for scope, kinds in self._kinds.items()
-        }
+    def snapshot(self, compact: bool = False) -> dict[str, Any]:
+        """JSON-serialisable state of the whole engine (format: `compute.engine_state`).
+
+        `compact`: base-level families that are `HistoryBacked` save their `checkpoint()`, an
+        entry marked `"history": true`, which `restore` continues only given the base bars of
+        the last `history_ms()` (the lake's)."""
+        families: dict[str, dict[str, Any]] = {}
+        for scope, kinds in self._kinds.items():
+            saved = families[scope] = {}
+            for family, params, instance in zip(
+                kinds, self._params[scope], self._instances[scope], strict=True
+            ):
+                if compact and scope == BASE_SCOPE and isinstance(instance, HistoryBacked):
+                    saved[family.name] = entry(family, params, instance.checkpoint())
+                    saved[family.name]["history"] = True
+                else:
+                    saved[family.name] = entry(family, params, instance.snapshot())
         return {
             "format": STATE_FORMAT,
             "base_ms": self._base_ms,
@@ -171,8 +184,20 @@ class SymbolEngine:
             "families": families,
         }
 
-    def restore(self, state: Mapping[str, Any]) -> set[StateKey]:
+    def history_ms(self) -> int:
+        """How far before `seen_until` the base bars given to `restore` must reach for the
+        compact entries of `snapshot(compact=True)` (0: none needs any)."""
+        spans = [f.history_ms() for f in self._base_families if isinstance(f, HistoryBacked)]
+        return max(spans, default=0)
+
+    def restore(
+        self, state: Mapping[str, Any], history: CloseHistory | None = None
+    ) -> set[StateKey]:
         """Restore what fits; return the keys left fresh, for `rebuild`.
+
+        A compact entry (`"history": true`) is restored from `history`, the base bars of at
+        least the last `history_ms()` up to `seen_until`; without them, or when they do not give
+        back what was saved, its family is left fresh like one that does not fit.
 
         A family is left fresh when its entry is missing or has another version or other params;
         a window's builder (WBARS) when it is missing or the base interval differs, and then that
@@ -218,7 +243,12 @@ class SymbolEngine:
                     stale.add(key)
                     continue
                 instance = family.online(self._contexts[scope])
-                _restore_part(instance, fstate, where)
+                if saved is not None and saved.get("history") is True:
+                    if not _restore_from_history(instance, fstate, history, where):
+                        stale.add(key)
+                        continue
+                else:
+                    _restore_part(instance, fstate, where)
                 parts[key] = instance
         parts.update(self._fresh_parts(stale))
         self._install(parts)
@@ -288,6 +318,68 @@ class SymbolEngine:
         self._install(fresh)
         self.seen_until = replayed_until
 
+    def warm_up(self, history: BarArrays, closes: CloseHistory | None = None) -> None:
+        """Start over from a base-bar history (oldest first), as if it had been fed bar by
+        bar, without making its snapshots (they were made when the bars were live).
+
+        `HistoryBacked` base families warm-start from `closes` (by default those of `history`)
+        in one vectorised pass. Each window's families are fed the final w-bars of only the
+        tail they depend on (from `warm_up_tail_start`), aggregated in one pass, and its builder
+        the base bars of the open w-bar; so `history` needs to reach back only to
+        `warm_up_tail_start`, and `closes` as far as the families' `history_ms`. Values then
+        equal a run over the whole history within the 1e-9 tolerance (Wilder's ATR keeps less
+        than that of what came before the tail).
+        """
+        everything = self.state_keys()
+        self._install(self._fresh_parts(everything))
+        if len(history) == 0:
+            return
+        if not all(isinstance(f, HistoryBacked) for f in self._base_families):
+            self.seen_until = None
+            self.rebuild(everything, history.to_bars())  # no vectorised start: replay it all
+            return
+        if closes is None:
+            closes = CloseHistory(history.close_time, history.close)
+        for family in self._base_families:
+            assert isinstance(family, HistoryBacked)
+            family.warm_start(closes)
+        last = int(history.close_time[-1])
+        for window in self.windows:
+            self._warm_window(window, history, last)
+        self.seen_until = last
+
+    def warm_up_tail_start(self, last: int) -> int:
+        """`open_time` from which `warm_up` needs whole base bars, for a history ending with a
+        bar closing at `last`."""
+        return min(self._tail_start(window, last) for window in self.windows)
+
+    def _tail_start(self, window: str, last: int) -> int:
+        return (last - self.wbar_history_ms(window)) // DAY_MS * DAY_MS
+
+    def _warm_window(self, window: str, history: BarArrays, last: int) -> None:
+        start = self._tail_start(window, last)
+        tail = history.slice(int(np.searchsorted(history.open_time, start)), len(history))
+        wbars, _ = aggregate_wbars(tail, interval_ms(window))
+        families = self._wbar_families[window]
+        for bar in wbars.to_bars():
+            t0 = bar.close_time
+            for family in families:
+                family.update(bar)
+                family.values_at(t0)
+        done_until = int(wbars.close_time[-1]) if len(wbars) else start - 1
+        first_open = int(np.searchsorted(tail.open_time, done_until + 1))
+        builder = self._builders[window]
+        for bar in tail.slice(first_open, len(tail)).to_bars():
+            if builder.close_before(bar) is not None or builder.add(bar) is not None:
+                raise AssertionError("a w-bar left out of the aggregation completed")
+
+    def wbar_history_ms(self, window: str) -> int:
+        """Base-bar history the w-bar families of `window` depend on: Wilder's ATR horizon or
+        the correlation span, in w-bars, plus the open one."""
+        lengths = self.bundle.windows
+        wbars = max(atr_warmup_wbars(lengths.atr_period), lengths.rho_period + lengths.rho_z_period)
+        return (wbars + 1) * interval_ms(window)
+
     def with_bundle(self, bundle: ConfigBundle) -> tuple[Self, set[StateKey]]:
         """This engine under another bundle, and the parts to `rebuild` (same history).
 
@@ -341,6 +433,24 @@ def _restore_part(part: Part, state: Any, where: str) -> None:
         part.restore(state)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise EngineStateError(f"engine state: {where} cannot be read: {exc!r}") from exc
+
+
+def _restore_from_history(
+    part: OnlineFamily, state: Any, history: CloseHistory | None, where: str
+) -> bool:
+    """Restore a compact entry; False when it cannot be (no history, or one that does not hold
+    what was saved): the family is then rebuilt. A state it cannot read is garbage."""
+    if history is None or not isinstance(part, HistoryBacked):
+        return False
+    if not isinstance(state, Mapping):
+        raise EngineStateError(f"engine state: {where} holds a {type(state).__name__}")
+    try:
+        part.restore_from_history(state, history)
+    except HistoryMismatchError:
+        return False
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise EngineStateError(f"engine state: {where} cannot be read: {exc!r}") from exc
+    return True
 
 
 def fx_tables(fx_base: BarArrays, windows: Iterable[str]) -> dict[str, FxCloseTable]:

@@ -16,6 +16,13 @@ State format 2 (a JSON object):
 
     <entry> = {"version": <family.state_version>, "params": <family.state_params(ctx)>,
                "state": <the online instance's snapshot()>}
+            | {"version": ..., "params": ..., "history": true,
+               "state": <a HistoryBacked family's checkpoint()>}
+
+A compact entry (`"history": true`, written by `snapshot(compact=True)` for base-level
+`HistoryBacked` families) leaves out what the base bars hold; it is restored only given those
+bars' closes (`SymbolEngine.restore(state, history)`), and is stale without them or when they do
+not give back what was saved.
 
 Families are keyed by scope ("base" for base-level families, the window for w-bar families) and
 name, never by position. A saved entry fits the running engine when its version and its params

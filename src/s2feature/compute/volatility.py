@@ -20,6 +20,7 @@ The batch path (`volatility_family_batch`) is written independently of the onlin
 
 from __future__ import annotations
 
+import base64
 import math
 from bisect import bisect_right, insort
 from collections import deque
@@ -31,8 +32,16 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from s2feature.compute.family import BatchValues, FamilyContext, FeatureFamily, FloatArray, IntArray
-from s2feature.compute.rolling import RollingSum
+from s2feature.compute.family import (
+    BatchValues,
+    CloseHistory,
+    FamilyContext,
+    FeatureFamily,
+    FloatArray,
+    HistoryMismatchError,
+    IntArray,
+)
+from s2feature.compute.rolling import RollingSums
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import DAY_MS, HOUR_MS, Bar, BarArrays, FeatureValue
 
@@ -271,14 +280,14 @@ class OnlineVolatilityFamily:
         self._min_samples = min_count(ctx.bundle.windows.coverage_min, PCTILE_SAMPLES)
         self._frozen_below = ctx.bundle.regime.frozen_below
         self._extreme_above = ctx.bundle.regime.extreme_above
-        self._sums = [RollingSum(h.span_ms) for h in self._horizons]
+        # One series of squared returns, one window per horizon over it.
+        self._sums = RollingSums([h.span_ms for h in self._horizons])
         self._samples: deque[tuple[int, float]] = deque()  # non-null (boundary, rv_1d)
         self._sorted: list[float] = []
         self.reset()
 
     def reset(self) -> None:
-        for rolling in self._sums:
-            rolling.reset()
+        self._sums.reset()
         self._samples.clear()
         self._sorted.clear()
         self._previous_close_time: int | None = None
@@ -302,9 +311,7 @@ class OnlineVolatilityFamily:
             and previous < math.inf
         ):
             log_return = math.log(close / previous)
-            square = log_return * log_return
-            for rolling in self._sums:
-                rolling.add(close_time, square)
+            self._sums.add(close_time, log_return * log_return)
         self._previous_close_time, self._previous_close = close_time, close
         self._seen_until = close_time
 
@@ -314,8 +321,9 @@ class OnlineVolatilityFamily:
         self._seen_until = t0
         self._advance(t0)
         out: dict[str, FeatureValue] = {}
-        for horizon, rolling in zip(self._horizons, self._sums, strict=True):
-            out[horizon.name] = horizon.rv(rolling.total(), len(rolling))
+        sums = self._sums
+        for index, horizon in enumerate(self._horizons):
+            out[horizon.name] = horizon.rv(sums.total(index), sums.count(index))
         now = out["rv_1d"]
         pctile = None
         if isinstance(now, float) and len(self._sorted) >= self._min_samples:
@@ -335,24 +343,23 @@ class OnlineVolatilityFamily:
                 for hour in range(max(next_hour, last_hour - PCTILE_SAMPLES + 1), last_hour + 1):
                     self._take_sample(hour * HOUR_MS - 1)
                 self._next_hour = last_hour + 1
-        for rolling in self._sums:
-            rolling.advance(now)
+        self._sums.advance(now)
         samples, horizon = self._samples, now - PCTILE_SPAN_MS
         while samples and samples[0][0] <= horizon:
             _, value = samples.popleft()
             del self._sorted[bisect_right(self._sorted, value) - 1]
 
     def _take_sample(self, boundary: int) -> None:
-        day = self._sums[self._day_index]
-        day.advance(boundary)
-        value = self._horizons[self._day_index].rv(day.total(), len(day))
+        sums, day = self._sums, self._day_index
+        sums.advance_one(day, boundary)
+        value = self._horizons[day].rv(sums.total(day), sums.count(day))
         if value is not None:
             self._samples.append((boundary, value))
             insort(self._sorted, value)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "sums": [rolling.snapshot() for rolling in self._sums],
+            "sums": self._sums.snapshot(),
             "samples": [[boundary, value] for boundary, value in self._samples],
             "previous_close_time": self._previous_close_time,
             "previous_close": None if math.isnan(self._previous_close) else self._previous_close,
@@ -362,8 +369,7 @@ class OnlineVolatilityFamily:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.reset()
-        for rolling, rolling_state in zip(self._sums, state["sums"], strict=True):
-            rolling.restore(rolling_state)
+        self._sums.restore(state["sums"])
         self._samples.extend((int(b), float(v)) for b, v in state["samples"])
         self._sorted.extend(sorted(v for _, v in self._samples))
         previous_time, previous = state["previous_close_time"], state["previous_close"]
@@ -372,6 +378,125 @@ class OnlineVolatilityFamily:
         next_hour = state["next_hour"]
         self._next_hour = None if next_hour is None else int(next_hour)
         self._seen_until = int(state["seen_until"])
+
+    # -- the compact state of a checkpoint: what the lake's base bars do not hold ---------------
+
+    def history_ms(self) -> int:
+        """How far before the newest bar `restore_from_history` needs base bars: the longest
+        window, plus the bar before its first return."""
+        return max(h.span_ms for h in self._horizons) + 2 * self._base_ms
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The state without the squared returns, which are a function of the base bars: each
+        window's running total (path-dependent in its last bits, so saved), count and time
+        span; the hourly `rv_1d` samples (running totals too), in binary; the previous bar."""
+        hours = [(boundary + 1) // HOUR_MS for boundary, _ in self._samples]
+        return {
+            "sums": self._sums.running(),
+            "sample_hours": _runs(hours),
+            "sample_values": _pack_floats([value for _, value in self._samples]),
+            "previous_close_time": self._previous_close_time,
+            "previous_close": None if math.isnan(self._previous_close) else self._previous_close,
+            "next_hour": self._next_hour,
+            "seen_until": self._seen_until,
+        }
+
+    def restore_from_history(self, state: Mapping[str, Any], history: CloseHistory) -> None:
+        """Continue from `checkpoint()` and the base bars up to the newest one it had seen (at
+        least `history_ms` of them): the squared returns are derived again exactly as `update`
+        derived them. Raises `HistoryMismatchError` when the bars do not give back the windows
+        saved (a lake that lost or changed bars): the caller rebuilds the family instead."""
+        times, squares = _squared_returns(history.close_time, history.close, self._base_ms)
+        hours = _unruns(state["sample_hours"])
+        values = _unpack_floats(state["sample_values"])
+        if len(hours) != len(values):
+            raise ValueError(f"{len(hours)} sample hours for {len(values)} sample values")
+        self.reset()
+        try:
+            self._sums.restore_running(state["sums"], times, squares)
+        except ValueError as exc:
+            raise HistoryMismatchError(str(exc)) from exc
+        self._samples.extend((h * HOUR_MS - 1, v) for h, v in zip(hours, values, strict=True))
+        self._sorted.extend(sorted(values))
+        previous_time, previous = state["previous_close_time"], state["previous_close"]
+        self._previous_close_time = None if previous_time is None else int(previous_time)
+        self._previous_close = math.nan if previous is None else float(previous)
+        next_hour = state["next_hour"]
+        self._next_hour = None if next_hour is None else int(next_hour)
+        self._seen_until = int(state["seen_until"])
+
+    def warm_start(self, history: CloseHistory) -> None:
+        """Start over as if `history` (base bars, oldest first) had been fed and the values read
+        at its last close, in one vectorised pass: the windows' totals are exact sums and the
+        hourly samples are computed by the batch kernel, so they may differ from a bar-by-bar
+        run in their last bits (far inside the 1e-9 agreement of online and batch)."""
+        self.reset()
+        if len(history.close_time) == 0:
+            return
+        times, squares = _squared_returns(history.close_time, history.close, self._base_ms)
+        now = int(history.close_time[-1])
+        self._sums.fill(times, squares, now)
+        first_hour = -(-(int(history.close_time[0]) + 1) // HOUR_MS)
+        last_hour = (now + 1) // HOUR_MS
+        oldest = max(first_hour, last_hour - PCTILE_SAMPLES + 1)
+        hours = np.arange(oldest, last_hour + 1, dtype=np.int64)
+        boundaries = hours * HOUR_MS - 1
+        boundaries = boundaries[boundaries > now - PCTILE_SPAN_MS]
+        day = self._horizons[self._day_index]
+        samples = _rv_batch(np.asarray(times, dtype=np.int64), np.asarray(squares), boundaries, day)
+        known = ~np.isnan(samples)
+        kept = list(zip(boundaries[known].tolist(), samples[known].tolist(), strict=True))
+        self._samples.extend(kept)
+        self._sorted.extend(sorted(value for _, value in kept))
+        self._previous_close_time = now
+        self._previous_close = float(history.close[-1])
+        self._next_hour = max(first_hour, last_hour + 1)
+        self._seen_until = now
+
+
+def _squared_returns(
+    close_time: IntArray, close: FloatArray, base_ms: int
+) -> tuple[IntArray, FloatArray]:
+    """`(close_time_i, r_i^2)` of every bar whose return exists, with the online arithmetic, so
+    the values equal those `update` added bit for bit: the ratio and the square are single IEEE
+    operations (correctly rounded, in numpy as in Python), the logarithm is `math.log` itself,
+    not numpy's (whose vectorised kernels may differ in the last bit)."""
+    close_time = np.asarray(close_time, dtype=np.int64)
+    close = np.asarray(close, dtype=np.float64)
+    if len(close) < 2:
+        return close_time[:0], close[:0]
+    previous, current = close[:-1], close[1:]
+    with np.errstate(invalid="ignore"):
+        valid = (np.diff(close_time) == base_ms) & (previous > 0.0) & (current > 0.0)
+        valid &= (current < math.inf) & (previous < math.inf)
+    ratios = (current[valid] / previous[valid]).tolist()
+    logs = np.fromiter(map(math.log, ratios), dtype=np.float64, count=len(ratios))
+    return close_time[1:][valid], logs * logs
+
+
+def _runs(hours: list[int]) -> list[list[int]]:
+    """Ascending integers as `[first, length]` runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for hour in hours:
+        if runs and runs[-1][0] + runs[-1][1] == hour:
+            runs[-1][1] += 1
+        else:
+            runs.append([hour, 1])
+    return runs
+
+
+def _unruns(runs: Any) -> list[int]:
+    return [int(first) + k for first, length in runs for k in range(int(length))]
+
+
+def _pack_floats(values: list[float]) -> str:
+    """Floats as base64 of little-endian IEEE doubles: exact, and 11 characters a value."""
+    return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode("ascii")
+
+
+def _unpack_floats(text: Any) -> list[float]:
+    values: list[float] = np.frombuffer(base64.b64decode(str(text)), dtype="<f8").tolist()
+    return values
 
 
 def volatility_state_params(ctx: FamilyContext) -> dict[str, Any]:

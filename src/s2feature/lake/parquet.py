@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -65,6 +66,10 @@ LAKE_SCHEMA: Final = pa.schema(
 the input never carried them."""
 
 _COLUMNS: Final = tuple(LAKE_SCHEMA.names)
+_CLOSES_SCHEMA: Final = pa.schema(
+    [LAKE_SCHEMA.field(name) for name in ("open_time", "close_time", "close")],
+    metadata=LAKE_SCHEMA.metadata,
+)
 _LAKE_FIELDS_OF: Final = operator.attrgetter(*_COLUMNS)  # a bar's values in schema order
 _PART_NAME: Final = re.compile(r"^part-(\d{12})\.parquet$")
 _DATE_DIR: Final = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -141,6 +146,8 @@ def _latest_per_open_time(table: pa.Table) -> pa.Table:
     The caller concatenates parts in ascending sequence order, so "last" is "latest append".
     """
     open_time = np.asarray(table.column("open_time").to_numpy(), dtype=np.int64)
+    if len(open_time) < 2 or bool(np.all(open_time[1:] > open_time[:-1])):
+        return table  # one part, or parts in order without a repeated open_time: nothing to do
     order = np.argsort(open_time, kind="stable")  # stable: equal keys keep part order
     ordered = open_time[order]
     is_last = np.ones(len(order), dtype=np.bool_)
@@ -243,23 +250,45 @@ class BarLake:
                 return int(np.max(np.asarray(table.column("close_time"))))
         return None
 
-    def _read_partition(self, directory: Path) -> pa.Table:
-        """The partition's rows, one per `open_time` (latest part wins), sorted by `open_time`."""
+    def read_closes(
+        self, symbol: str, from_open_time: int, to_close_time: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """`(close_time, close)` of the bars `read` would return, reading only the three
+        columns needed (a service restart reads a month of them per symbol)."""
+        schema = _CLOSES_SCHEMA
+        tables = []
+        for date in self.dates(symbol):
+            day = _day_number(date)
+            if day < from_open_time // DAY_MS or day > to_close_time // DAY_MS:
+                continue
+            tables.append(self._read_partition(self._date_dir(symbol, date), schema))
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        open_time = np.asarray(table.column("open_time").to_numpy(), dtype=np.int64)
+        close_time = np.asarray(table.column("close_time").to_numpy(), dtype=np.int64)
+        close = np.asarray(table.column("close").to_numpy(), dtype=np.float64)
+        keep = (open_time >= from_open_time) & (close_time <= to_close_time)
+        return close_time[keep], close[keep]
+
+    def _read_partition(self, directory: Path, schema: pa.Schema = LAKE_SCHEMA) -> pa.Table:
+        """The partition's rows, one per `open_time` (latest part wins), sorted by `open_time`:
+        the columns of `schema` (which has `open_time`)."""
         for _ in range(_READ_ATTEMPTS):
             try:
-                tables = [self._read_part(path) for _, path in self._parts(directory)]
+                tables = [self._read_part(path, schema) for _, path in self._parts(directory)]
             except FileNotFoundError:
                 continue  # compacted under us: list again
             if not tables:
-                return LAKE_SCHEMA.empty_table()
+                return schema.empty_table()
             return _latest_per_open_time(pa.concat_tables(tables))
         raise RuntimeError(f"parts of {directory} kept disappearing while being read")
 
     @staticmethod
-    def _read_part(path: Path) -> pa.Table:
-        # partitioning=None: the columns come from the file, not from `symbol=`/`date=` dirs.
-        table = pq.read_table(path, columns=list(_COLUMNS), partitioning=None)
-        return table.cast(LAKE_SCHEMA)
+    def _read_part(path: Path, schema: pa.Schema = LAKE_SCHEMA) -> pa.Table:
+        # One file, its own columns (not `symbol=`/`date=` from the directories); `ParquetFile`
+        # skips the dataset machinery of `read_table`, a third of the time of a small part.
+        with pq.ParquetFile(path) as part:
+            table = part.read(columns=list(schema.names))
+        return table.cast(schema)
 
     # -- writes ---------------------------------------------------------------------------------
 

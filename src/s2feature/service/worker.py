@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from s2feature import strict_json
 from s2feature.compute.correlation import CORRELATION_FEATURES
 from s2feature.compute.engine import SymbolEngine
 from s2feature.compute.engine_state import StateKey
+from s2feature.compute.family import CloseHistory
+from s2feature.compute.history import warmup_start_of
 from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import Bar, SeriesId, Snapshot
 from s2feature.dqc.verdict import routing
@@ -44,7 +48,10 @@ from s2feature.store.snapshot_rows import prepare_snapshot
 from s2feature.streams.ahead import PublishAhead, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+# Versions `restore` reads: 2 held every family's whole state; 3 holds the volatility family's
+# compact state, whose squared returns are derived again from the lake's base bars.
+READABLE_CHECKPOINTS = frozenset({2, CHECKPOINT_VERSION})
 
 
 @dataclass
@@ -94,7 +101,11 @@ class SeriesWorker:
         self._unacked: list[str] = []  # committed entries waiting for the next checkpoint
         self._unlaked: list[Bar] = []  # their base bars, appended to the lake at that checkpoint
         self._unsaved_id: str | None = None
-        self._flushed_at = time.monotonic()
+        # Each symbol's checkpoints keep a phase of their own within the interval (from its
+        # name), so that an instance with a hundred symbols does not append a hundred lake parts
+        # and write a hundred checkpoints in the same round every interval.
+        phase = zlib.crc32(series.symbol.encode()) / 2**32
+        self._flushed_at = time.monotonic() - phase * self._checkpoint_s
         # The last commit's batch and its emit script, until `settle` collects the reply (the
         # script is None when it was not sent ahead, or its reply failed: settle runs it).
         self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
@@ -143,9 +154,9 @@ class SeriesWorker:
             self.bundle = bundle
             self._fresh_state()
         state = self.io.load_checkpoint()
-        if state is not None and state.get("version") == CHECKPOINT_VERSION:
+        if state is not None and state.get("version") in READABLE_CHECKPOINTS:
             self.ingestor.restore(state["ingestor"])
-            stale = self.engine.restore(state["engine"])
+            stale = self.engine.restore(state["engine"], self._recent_bars(state))
             self.applied = entry_id_tuple(state["applied"])
             self.bars_until = int(state["bars_until"])
             self.last_event_ms = state.get("last_event_ms")
@@ -158,15 +169,55 @@ class SeriesWorker:
             how = f"checkpoint at entry {state['applied']}"
             if stale:
                 history = self._history()
-                self.engine.rebuild(stale, history)
-                how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
+                try:
+                    self.engine.rebuild(stale, history)
+                    how += f", {describe(stale)} rebuilt from {len(history)} lake bars"
+                except ValueError as exc:
+                    # The lake lost bars the checkpoint's engine had seen: what it holds is all
+                    # there is. The positions stay the checkpoint's (its outputs were written).
+                    self.engine = SymbolEngine(self.series, self.settings.windows, self.bundle)
+                    warmed = self._warm_up_engine()
+                    how += f", {describe(stale)} not rebuilt ({exc}): engine {warmed}"
             return how
         self._fresh_state()
-        warm_up = self.lake.read(self.series.symbol)
-        for bar in warm_up.to_bars():
-            self.engine.on_base_bar(bar)  # warm-up only: these snapshots were written before
-            self.bars_until = bar.close_time
-        return f"warm-up from {len(warm_up)} lake bars"
+        how = self._warm_up_engine()
+        self.bars_until = self.engine.seen_until if self.engine.seen_until is not None else -1
+        return how
+
+    def _warm_up_engine(self) -> str:
+        """Warm the (fresh) engine up from the lake; says from how many bars."""
+        symbol = self.series.symbol
+        last = self.lake.last_close_time(symbol)
+        if last is None:
+            return "warm-up from 0 lake bars"
+        # Only the history the features depend on (31 days and a margin), not the whole lake:
+        # the closes of all of it, whole bars of the tail the w-bar families need.
+        start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
+        tail_start = max(start, self.engine.warm_up_tail_start(last))
+        tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
+        # Base intervals divide a day and the tail starts on one: no bar straddles its start.
+        early_time, early = self.lake.read_closes(symbol, start, to_close_time=tail_start - 1)
+        closes = CloseHistory(
+            np.concatenate([early_time, tail.close_time]), np.concatenate([early, tail.close])
+        )
+        # No snapshot is made of these bars: they were written when live.
+        self.engine.warm_up(tail, closes)
+        return f"warm-up from {len(closes.close)} lake bars"
+
+    def _recent_bars(self, state: dict[str, Any]) -> CloseHistory | None:
+        """The lake's base bars a checkpoint's compact engine entries are restored from: those
+        of the engine's `history_ms` up to the checkpoint's newest bar (every one of them was
+        appended to the lake before the checkpoint was written)."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            return None
+        until = int(state["bars_until"])
+        span = self.engine.history_ms()
+        if until < 0 or span == 0:
+            return None
+        close_time, close = self.lake.read_closes(
+            self.series.symbol, from_open_time=until - span, to_close_time=until
+        )
+        return CloseHistory(close_time, close)
 
     def apply_bundle(self, bundle: ConfigBundle) -> str | None:
         """Move the state to another bundle, between batches; says what was rebuilt (None when
@@ -211,7 +262,7 @@ class SeriesWorker:
             "bars_until": self.bars_until,
             "last_event_ms": self.last_event_ms,
             "ingestor": self.ingestor.snapshot(),
-            "engine": self.engine.snapshot(),
+            "engine": self.engine.snapshot(compact=True),
             "latest": {window: msgspec.Raw(text) for window, (_, text) in self.latest.items()},
             "fx_held": self.fx_gate.snapshot() if self.fx_gate is not None else [],
         }
