@@ -258,6 +258,9 @@ class ProcessRecomputeRunner:
             code = child.wait()
             watch.join()
             forward.join(timeout=5.0)
+            for stream in (child.stdout, child.stderr):
+                with contextlib.suppress(OSError):
+                    stream.close()
         if outcome is not None and "result" in outcome:
             return int(outcome["result"]["signals_written"])
         if outcome is not None:
