@@ -419,7 +419,14 @@ def run_child(stdin: IO[str], stdout: IO[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run_child(sys.stdin, sys.stdout))
+    # The protocol keeps file descriptor 1 for itself; anything else that writes to stdout (a
+    # library's print, a C extension) goes to stderr, with the logs.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    with protocol:
+        code = run_child(sys.stdin, protocol)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
