@@ -1,5 +1,6 @@
-"""End-to-end p95 of the live service while a 90-day recompute runs on a thread of its process,
-next to the same figure idle, in one run.
+"""End-to-end p95 of the live service while a 90-day recompute runs, next to the same figure
+idle, in one run: the recompute on a thread of the service, in a separate process, and as
+`s2-feature run` runs it (a task submitted over its HTTP API, run in a child process).
 
 Run by `make bench` (or `uv run python benches/live_under_recompute.py`). Figures, never
 assertions.
@@ -16,24 +17,36 @@ paced phases of the same length and density, measured as in `benches/service_ben
    task after task, for the whole phase;
 3. the same recompute loop in a process of its own (`--recompute-only`), writing to the same
    SQLite file: what the consumer loop suffers from sharing the CPUs and the store, without
-   sharing the interpreter.
+   sharing the interpreter;
+4. the service's own arrangement: the same task submitted to the service over its HTTP API
+   (`POST /features/recompute`, `force = true`), again as soon as it is done, for the whole
+   phase; the service runs each task in a child process at nice 10 (`jobs/task_process.py`).
+   The task running when the phase ends is stopped by the service's own stop.
+
+The recompute lake is the service's lake (`S2_LAKE_DIR`), its three series named so that the
+live streams' bars never mix with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benches.recompute_data import build_lake  # noqa: E402
+from benches.recompute_data import RecomputeLake, build_lake  # noqa: E402
 from benches.service_bench import (  # noqa: E402
     SYMBOLS,
     PacedResult,
@@ -76,14 +89,83 @@ def stop_recompute(trigger: Path, done: Path) -> None:
         time.sleep(0.1)
 
 
-def task_summary(tasks: list[list[str]]) -> str:
+def task_summary(
+    tasks: list[list[str]],
+    last: str = "the task running when the phase ended stopped at its next batch",
+) -> str:
     return (
         "; ".join(
             f"{int(n):,} signals, {done}/{total} batches in {float(s):.1f} s"
             for n, done, total, s in tasks
         )
-        + " (the task running when the phase ended stopped at its next batch)"
+        + f" ({last})"
     )
+
+
+RECOMPUTE_SYMBOLS = ("RECOMP1", "RECOMP2", "RECOMP3")  # not the live streams' symbols
+TOKEN = "bench-token"
+TERMINAL = ("done", "failed", "interrupted")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+class ApiTasks:
+    """Submits the recompute over the service's HTTP API, again each time it is done, until
+    `stop()`; `tasks` as `finished_tasks` gives them, then the one running at the stop."""
+
+    def __init__(self, port: int, data: RecomputeLake) -> None:
+        self.port = port
+        self.body = {
+            "symbols": list(data.symbols),
+            "windows": list(data.windows),
+            "from_ts": data.from_ts,
+            "to_ts": data.to_ts,
+            "force": True,
+        }
+        self.tasks: list[list[str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            task_id = call(self.port, "POST", "/features/recompute", self.body)["task_id"]
+            view = call(self.port, "GET", f"/features/recompute/{task_id}")
+            while view["state"] not in TERMINAL and not self._stop.wait(0.25):
+                view = call(self.port, "GET", f"/features/recompute/{task_id}")
+            elapsed = time.perf_counter() - started
+            self.errors += view.get("errors") or []
+            self.tasks.append(
+                [
+                    str(view["signals_written"]),
+                    str(view["batches_done"]),
+                    str(view["batches_total"]),
+                    f"{elapsed:.3f}",
+                ]
+            )
 
 
 def main() -> None:
@@ -97,16 +179,20 @@ def main() -> None:
     per_bar = max(1, round(args.rate / len(SYMBOLS)))  # one bar close per second per stream
     paced_bars = max(1, round(args.rate * args.seconds / len(SYMBOLS)) // per_bar)
     plans = [
-        [(args.entries // len(SYMBOLS) // m, m), *[(paced_bars, per_bar)] * 3] for _, m in SYMBOLS
+        [(args.entries // len(SYMBOLS) // m, m), *[(paced_bars, per_bar)] * 4] for _, m in SYMBOLS
     ]
     inputs = streams_of(plans, "bench")
     with tempfile.TemporaryDirectory(prefix="s2-live-recompute-") as tmp:
         workdir = Path(tmp)
-        data = build_lake(workdir / "recompute-lake")
+        data = build_lake(workdir / "lake", symbols=RECOMPUTE_SYMBOLS)  # the service's lake
         days = round((data.to_ts + 1 - data.from_ts) / 86_400_000)
         trigger, done = workdir / "recompute.on", workdir / "recompute.done"
         trigger_3, done_3 = workdir / "separate.on", workdir / "separate.done"
+        port = free_port()
         extra_env = {
+            "S2_API_PORT": str(port),
+            "S2_API_TOKEN": TOKEN,
+            "S2_RECOMPUTE_LOOKBACK": "0",  # no gap-fill task of its own
             "S2_BENCH_TRIGGER": str(trigger),
             "S2_BENCH_DONE": str(done),
             "S2_BENCH_LAKE": str(data.lake.root),
@@ -116,7 +202,7 @@ def main() -> None:
         }
         print(
             f"input: {len(inputs)} fut streams, {args.entries:,} entries pre-loaded and drained, "
-            f"then three phases of {paced_bars * per_bar * len(inputs):,} entries at "
+            f"then four phases of {paced_bars * per_bar * len(inputs):,} entries at "
             f"{args.rate:,.0f}/s ({per_bar} entries per bar: one bar close per second per "
             f"stream); the recompute: {len(data.symbols)} symbols x {days} days of 1-minute bars, "
             "windows 1m,5m,1h, into the service's SQLite file"
@@ -140,17 +226,31 @@ def main() -> None:
                 separate = run_paced(server, inputs, 3, args.rate, idle_s=2.0)
                 stop_recompute(trigger_3, done_3)
                 recompute.wait(timeout=60)
-        tasks, tasks_3 = finished_tasks(done), finished_tasks(done_3)
+                # 4. What `s2-feature run` does: tasks over its HTTP API, in a child process.
+                api_tasks = ApiTasks(port, data)
+                api_tasks.start()
+                time.sleep(1.0)
+                served = run_paced(server, inputs, 4, args.rate, idle_s=2.0)
+                api_tasks.stop()
+        tasks, tasks_3, tasks_4 = finished_tasks(done), finished_tasks(done_3), api_tasks.tasks
     print(describe("1. idle", idle))
     print(describe("2. while a 90-day recompute runs on a thread of the service", loaded))
     print("   recompute during phase 2: " + task_summary(tasks))
     print(describe("3. while the same recompute runs in a separate process", separate))
     print("   recompute during phase 3: " + task_summary(tasks_3))
-    a, b, c = p95(idle), p95(loaded), p95(separate)
-    if a and b and c:
+    print(describe("4. while s2-feature run runs the task (HTTP API, child process)", served))
+    print(
+        "   recompute during phase 4: "
+        + task_summary(tasks_4, "the last: its progress when the phase ended")
+    )
+    if api_tasks.errors:
+        print("   task errors in phase 4: " + "; ".join(api_tasks.errors))
+    a, b, c, d = p95(idle), p95(loaded), p95(separate), p95(served)
+    if a and b and c and d:
         print(
             f"p95 / idle: recompute on a service thread {b / a:.2f}x ({b:.2f} ms vs {a:.2f} ms), "
-            f"in a separate process {c / a:.2f}x ({c:.2f} ms)"
+            f"in a separate process {c / a:.2f}x ({c:.2f} ms), "
+            f"as s2-feature run runs it {d / a:.2f}x ({d:.2f} ms)"
         )
 
 

@@ -36,9 +36,10 @@ class RecomputeLake:
     bars_per_symbol: int  # base bars in the lake, warm-up included
 
 
-def build_lake(root: Path, days: int = DAYS) -> RecomputeLake:
+def build_lake(root: Path, days: int = DAYS, symbols: tuple[str, ...] = SYMBOLS) -> RecomputeLake:
     """Write the benchmark lake under `root`; the range is the last `days` whole days of the
-    hourly file, the warm-up the recompute reads before it is written too."""
+    hourly file, the warm-up the recompute reads before it is written too. `symbols` names the
+    series (a lake shared with a live service takes names its streams do not use)."""
     hourly = load_klines(ROOT / "datasets" / "Coinbase_BTCUSD_1h_2017-2018.csv", "1h")
     bundle = ConfigBundle()
     last_day = int(hourly.close_time[-1]) // DAY_MS * DAY_MS  # 00:00 of the file's last day
@@ -50,11 +51,11 @@ def build_lake(root: Path, days: int = DAYS) -> RecomputeLake:
     stretch = hourly.slice(lo, hi)
     lake = BarLake(root)
     bars = 0
-    for index, symbol in enumerate(SYMBOLS):
+    for index, symbol in enumerate(symbols):
         minute = derive_finer_bars(stretch, MINUTE_MS, seed=index + 1)
         minute = derive_ticks(minute, seed=index + 11, market="spot")
         lake.append(symbol, minute.to_bars())
         for date in lake.dates(symbol):
             lake.compact(symbol, date)
         bars = len(minute)
-    return RecomputeLake(lake, SYMBOLS, WINDOWS, from_ts, to_ts, bars)
+    return RecomputeLake(lake, symbols, WINDOWS, from_ts, to_ts, bars)

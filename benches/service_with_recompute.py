@@ -1,8 +1,9 @@
 """`s2-feature run` with a recompute job on a thread of the same process, for
 `benches/live_under_recompute.py`.
 
-The recompute API runs its tasks on a thread of the service process; this is that arrangement
-without the HTTP round trip, so the benchmark measures what the consumer loop suffers. The
+The recompute API ran its tasks on a thread of the service process before they got a child
+process of their own (`jobs/task_process.py`); this keeps that arrangement, without the HTTP
+round trip, for comparison: the benchmark measures what the consumer loop suffers from it. The
 thread waits for the file `S2_BENCH_TRIGGER` to appear, then runs whole recompute tasks
 (`force = true`, the range `S2_BENCH_FROM`..`S2_BENCH_TO` of the symbols `S2_BENCH_SYMBOLS`
 and windows 1m,5m,1h in the lake `S2_BENCH_LAKE`) one after the other into the service's own

@@ -30,7 +30,8 @@ from s2feature.jobs.gap_fill import GapFill
 from s2feature.jobs.regime import JOB_NAME as REGIME
 from s2feature.jobs.regime import RegimeJob
 from s2feature.jobs.schedule import HOUR_MS, MINUTE_MS, Every, RedisRunLock, Scheduler
-from s2feature.jobs.task_runner import LakeRecomputeRunner, SharedStore
+from s2feature.jobs.task_process import ProcessRecomputeRunner
+from s2feature.jobs.task_runner import SharedStore
 from s2feature.jobs.tasks import TaskRegistry
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
@@ -176,12 +177,17 @@ def _task_registry(
     active: Published[ActiveBundle | None],
     metrics: Metrics,
 ) -> TaskRegistry:
-    """The recompute tasks: run from the lake into the store under the active bundle, stored
-    under this consumer's name so that its restart resumes them; counted in the metrics."""
+    """The recompute tasks: each run in a child process (off the consumer loop's interpreter,
+    at a lower CPU priority) from the lake into the store under the active bundle; their records
+    kept by the registry under this consumer's name so that its restart resumes them; counted in
+    the metrics."""
 
     bundle = partial(_approved_bundle, active)
     series = {s.symbol: s for s in settings.series}
-    runner = counted_runner(LakeRecomputeRunner(job_store, lake, bundle, series), metrics)
+    job = ProcessRecomputeRunner(
+        settings.store, lake.root, bundle, series, log_level=settings.log_level
+    )
+    runner = counted_runner(job, metrics)
     return TaskRegistry(runner, task_store=job_store, owner=settings.consumer)
 
 

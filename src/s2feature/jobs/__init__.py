@@ -1,6 +1,7 @@
 """Jobs that run beside the consumer loop (SPEC §10): the recompute of a range from the lake
-(`recompute`), its tasks kept in the store and resumed (`tasks`, `task_runner`), the scheduler of
-periodic jobs with its Redis run lock (`schedule`) and the hourly gap fill (`gap_fill`)."""
+(`recompute`), its tasks kept in the store and resumed (`tasks`), run in a child process
+(`task_process`) or on the registry's thread (`task_runner`), the scheduler of periodic jobs
+with its Redis run lock (`schedule`) and the hourly gap fill (`gap_fill`)."""
 
 from s2feature.jobs.recompute import (
     Batch,

@@ -1,4 +1,7 @@
-"""The recompute job behind the task registry: `plan` + `run_recompute` for each task.
+"""The recompute job behind the task registry, in the registry's process: `plan` +
+`run_recompute` for each task. `s2-feature run` runs its tasks in a child process instead
+(`jobs/task_process.py`): on a thread, the job's Python work holds the interpreter lock the
+consumer loop needs. This runner is for in-process use (tests, tools).
 
 The tasks run on the registry's thread with a store connection of their own (`SharedStore`,
 opened once and shared by the registry's records and the job's writes), never the consumer
