@@ -53,6 +53,7 @@ from s2feature.jobs.recompute import (
 )
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
+from s2feature.redact import redact_urls
 from s2feature.store.base import StoreError
 from s2feature.store.factory import StoreSettings, open_store
 
@@ -278,7 +279,7 @@ class ProcessRecomputeRunner:
             return done
         raise RecomputeProcessError(
             f"the recompute process (pid {child.pid}) {_how_it_ended(code)} without a result"
-            + (f"; its last output: {' | '.join(tail)}" if tail else "")
+            + (f"; its last output: {redact_urls(' | '.join(tail))}" if tail else "")
         )
 
     def _stop_when_asked(
@@ -328,7 +329,8 @@ def _how_it_ended(code: int) -> str:
 def _rebuilt(error: Mapping[str, Any]) -> Exception:
     """The child's error as the exception the registry tells apart (a refused resume ends the
     task `interrupted`; a store error is the store's)."""
-    kind, message = str(error.get("kind")), str(error.get("message"))
+    # The task's errors are shown by the API and stored: no URL credentials in them.
+    kind, message = str(error.get("kind")), redact_urls(str(error.get("message")))
     if kind == "resume_refused":
         return ResumeRefusedError(message)
     if kind == "recompute":
