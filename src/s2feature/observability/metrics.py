@@ -15,6 +15,7 @@ bounded values: symbols, windows, DQC reason codes, dependencies, task states, n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -46,6 +47,23 @@ LATENCY_BUCKETS: Final = (
 # Store writes and checkpoints take milliseconds to seconds (a checkpoint is megabytes).
 WRITE_BUCKETS: Final = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DEPENDENCIES: Final = ("redis", "store", "config")
+
+
+_COUNTS = re.compile(r"\d+")
+
+
+def reason_code(reason: str) -> str:
+    """The reason as a label value: its counts replaced by `n` (`jump:3_flagged_events` ->
+    `jump:n_flagged_events`), so that a label takes one value per kind of reason, not per count."""
+    return _COUNTS.sub("n", reason)
+
+
+def _count(children: dict[str, Counter], family: Counter, reason: str) -> None:
+    """One more of `reason`, through a child cached by the raw reason (no regex per count)."""
+    child = children.get(reason)
+    if child is None:
+        child = children[reason] = family.labels(reason_code(reason))
+    child.inc()
 
 
 class Metrics:
@@ -187,19 +205,10 @@ class SeriesMetrics:
         self._dead: dict[str, Counter] = {}
 
     def dqc_failed(self, reason: str) -> None:
-        child = self._dqc.get(reason)
-        if child is None:
-            child = self._dqc[reason] = self.metrics.dqc_failures.labels(reason)
-        child.inc()
+        _count(self._dqc, self.metrics.dqc_failures, reason)
 
     def rejected(self, reason: str) -> None:
-        child = self._rejected.get(reason)
-        if child is None:
-            child = self._rejected[reason] = self.metrics.entries_rejected.labels(reason)
-        child.inc()
+        _count(self._rejected, self.metrics.entries_rejected, reason)
 
     def dead_lettered(self, reason: str) -> None:
-        child = self._dead.get(reason)
-        if child is None:
-            child = self._dead[reason] = self.metrics.dead_letters.labels(reason)
-        child.inc()
+        _count(self._dead, self.metrics.dead_letters, reason)
