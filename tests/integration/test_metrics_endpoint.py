@@ -33,38 +33,11 @@ from s2feature.service.status import (
 )
 from s2feature.service.status_metrics import StatusCollector
 from tests.support import service_checks as checks
+from tests.support.metric_names import AGREED
 from tests.support.redis_servers import wait_for
 
 NOW = 1_800_000_000.0
 # The names agreed for the dashboard and the alerts (docs/observability.md lists them).
-AGREED = (
-    "s2_build_info",
-    "s2_compute_latency_seconds",
-    "s2_end_to_end_latency_seconds",
-    "s2_stream_lag_seconds",
-    "s2_stream_pending_entries",
-    "s2_stream_backlog_entries",
-    "s2_entries_read_total",
-    "s2_entries_acked_total",
-    "s2_snapshots_total",
-    "s2_emits_total",
-    "s2_dqc_failures_total",
-    "s2_dead_letters_total",
-    "s2_retries_total",
-    "s2_dependency_failing",
-    "s2_store_write_seconds",
-    "s2_checkpoint_seconds",
-    "s2_checkpoint_bytes",
-    "s2_config_info",
-    "s2_config_applied_timestamp_seconds",
-    "s2_config_degraded",
-    "s2_config_rejected_total",
-    "s2_lease_owned",
-    "s2_health_status",
-    "s2_recompute_signals_total",
-    "s2_recompute_tasks",
-    "s2_recompute_task_failures_total",
-)
 
 
 def runner(

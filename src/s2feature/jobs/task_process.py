@@ -51,6 +51,7 @@ from s2feature.jobs.recompute import (
     plan,
     run_recompute,
 )
+from s2feature.jobs.task_runner import wait_for_bundle
 from s2feature.lake.parquet import BarLake
 from s2feature.logs import configure_json_logging
 from s2feature.redact import redact_urls
@@ -176,11 +177,9 @@ class ProcessRecomputeRunner:
         stop: threading.Event,
         resume: Resume,
     ) -> int:
-        bundle = self._bundle()
-        while bundle is None:
-            if stop.wait(self._bundle_poll_s):
-                return resume.signals_written
-            bundle = self._bundle()
+        bundle = wait_for_bundle(self._bundle, stop, self._bundle_poll_s)
+        if bundle is None:  # stopped first
+            return resume.signals_written
         spec = task_spec(
             request,
             task_id,

@@ -21,7 +21,19 @@ from s2feature.jobs.recompute import Progress, RecomputeRequest, Resume, plan, r
 from s2feature.lake.parquet import BarLake
 from s2feature.store.base import Store
 
-__all__ = ["LakeRecomputeRunner", "SharedStore"]
+__all__ = ["LakeRecomputeRunner", "SharedStore", "wait_for_bundle"]
+
+
+def wait_for_bundle(
+    bundle: Callable[[], ConfigBundle | None], stop: threading.Event, poll_s: float
+) -> ConfigBundle | None:
+    """The active bundle once one is approved (a task waits for it); None if stopped first."""
+    current = bundle()
+    while current is None:
+        if stop.wait(poll_s):
+            return None
+        current = bundle()
+    return current
 
 
 class SharedStore:
@@ -73,11 +85,9 @@ class LakeRecomputeRunner:
         stop: threading.Event,
         resume: Resume,
     ) -> int:
-        bundle = self._bundle()
-        while bundle is None:
-            if stop.wait(self._bundle_poll_s):
-                return resume.signals_written
-            bundle = self._bundle()
+        bundle = wait_for_bundle(self._bundle, stop, self._bundle_poll_s)
+        if bundle is None:  # stopped first
+            return resume.signals_written
         task = plan(request, self._lake, bundle, self._series)
         result = run_recompute(
             task, self._store(), self._lake, bundle, task_id, progress, stop, resume=resume
