@@ -255,15 +255,23 @@ def test_the_store_credentials_are_not_on_the_command_line_nor_in_the_logs(
     tmp_path: Path,
     short_lake: Path,
     registries: Callable[[Runner, Path], tuple[TaskRegistry, SqliteStore]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The service's own secrets are in its environment: the child must not inherit them.
+    monkeypatch.setenv("S2_API_TOKEN", SECRET)
+    monkeypatch.setenv("S2_ARANGO_PASSWORD", SECRET)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer {SECRET}")
+    monkeypatch.setenv("S2_TEST_KEPT_OUT", "1")
     db = tmp_path / "s2.db"
     logs = io.StringIO()
     runner = process_runner(db, short_lake, stderr=logs, log_level="DEBUG")
     command_lines: list[bytes] = []
+    environments: list[bytes] = []
 
     def read_command_line(_: threading.Event) -> None:
         for pid in runner.child_pids:
             command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            environments.append(Path(f"/proc/{pid}/environ").read_bytes())
 
     tasks, _ = registries(OnFirstBatch(runner, read_command_line), db)
     view = finished(tasks, tasks.submit(whole_days(short_lake)).task_id)
@@ -276,5 +284,11 @@ def test_the_store_credentials_are_not_on_the_command_line_nor_in_the_logs(
         b"s2feature.jobs.task_process",
     ]
     assert SECRET.encode() not in command_line
+    (environment,) = environments
+    names = {item.split(b"=", 1)[0] for item in environment.split(b"\0") if item}
+    assert b"PATH" in names  # the rest of the environment is the parent's
+    assert not {n for n in names if n.startswith(b"S2_")}
+    assert b"OTEL_EXPORTER_OTLP_HEADERS" not in names
+    assert SECRET.encode() not in environment
     assert SECRET not in logs.getvalue()
     assert "u:x@" not in logs.getvalue()

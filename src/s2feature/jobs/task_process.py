@@ -58,13 +58,33 @@ from s2feature.redact import redact_urls
 from s2feature.store.base import StoreError
 from s2feature.store.factory import StoreSettings, open_store
 
-__all__ = ["CHILD_NICE", "ProcessRecomputeRunner", "RecomputeProcessError", "main"]
+__all__ = [
+    "CHILD_NICE",
+    "ProcessRecomputeRunner",
+    "RecomputeProcessError",
+    "child_environment",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
 CHILD_NICE: Final = 10  # added to the child's nice value: the consumer loop comes first
 _STDERR_TAIL: Final = 20  # lines of the child's stderr kept for the error of a child that died
 _POLL_S: Final = 0.1
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: the parent's without the service's settings (`S2_*`: the API
+    token, the store's and Redis's URLs and passwords) and the OTLP exporter's headers (which
+    may carry a token). The child takes everything it needs from its spec on stdin, so a
+    secret reaches it only where it is used, and nothing it runs (a library reading the
+    environment, a crash report) sees the others."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith("S2_")
+        and not (name.startswith("OTEL_EXPORTER_OTLP") and name.endswith("HEADERS"))
+    }
 
 
 class RecomputeProcessError(Exception):
@@ -200,6 +220,7 @@ class ProcessRecomputeRunner:
             text=True,
             bufsize=1,
             start_new_session=True,
+            env=child_environment(os.environ),
         )
         with self._lock:
             self._pids.add(child.pid)
