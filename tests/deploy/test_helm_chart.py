@@ -53,7 +53,7 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    [main] = of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    [main] = of_kind(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
     return dict(main)
 
 
@@ -80,7 +80,7 @@ def test_the_chart_lints_clean() -> None:
 def test_the_manifests_are_valid_kubernetes_objects(values: dict[str, Any] | None) -> None:
     docs = render(values)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "ConfigMap", "Service", "ServiceAccount"} <= kinds
+    assert {"StatefulSet", "ConfigMap", "Service", "ServiceAccount"} <= kinds
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # CRDs: no schema offline; checked below
@@ -88,7 +88,7 @@ def test_the_manifests_are_valid_kubernetes_objects(values: dict[str, Any] | Non
 
 
 def test_an_invalid_manifest_is_refused_by_the_validator() -> None:
-    deployment = of_kind(render(), "Deployment")
+    deployment = of_kind(render(), "StatefulSet")
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
@@ -115,7 +115,7 @@ def test_resources_within_the_budget() -> None:
 
 def test_non_root_read_only_root_and_writable_volumes_for_the_data() -> None:
     docs = render()
-    pod = of_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = of_kind(docs, "StatefulSet")["spec"]["template"]["spec"]
     main = container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -128,11 +128,41 @@ def test_non_root_read_only_root_and_writable_volumes_for_the_data() -> None:
     for variable in ("S2_DB_SQLITE_PATH", "S2_LAKE_DIR", "S2_CONFIG_CACHE"):
         assert any(configmap[variable].startswith(mount + "/") for mount in mounts), variable
     assert "/tmp" in mounts
-    # A claim when persistence is on.
-    persisted = render({"persistence": {"enabled": True}})
-    volumes = of_kind(persisted, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert any("persistentVolumeClaim" in v for v in volumes)
-    assert of_kind(persisted, "PersistentVolumeClaim")
+    assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+    # With persistence, a claim of its own for each instance, mounted at /data ...
+    persisted = of_kind(render({"persistence": {"enabled": True}}), "StatefulSet")["spec"]
+    (template,) = persisted["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "data"
+    assert template["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert not [v for v in persisted["template"]["spec"]["volumes"] if v["name"] == "data"]
+    # ... or the existing claim named in the values, for every instance.
+    existing = {"persistence": {"enabled": True, "existingClaim": "s2-data"}}
+    spec = of_kind(render(existing), "StatefulSet")["spec"]
+    assert "volumeClaimTemplates" not in spec
+    claims = [
+        v["persistentVolumeClaim"]
+        for v in spec["template"]["spec"]["volumes"]
+        if v["name"] == "data"
+    ]
+    assert claims == [{"claimName": "s2-data"}]
+
+
+def test_each_instance_has_a_stable_name_which_is_its_consumer_name() -> None:
+    # A replacement pod is the same consumer: it takes its streams and pending entries over at
+    # once and resumes its recompute tasks (docs/deploy.md, "Consumer name").
+    docs = render({"replicaCount": 3})
+    statefulset = of_kind(docs, "StatefulSet")["spec"]
+    assert statefulset["replicas"] == 3
+    assert statefulset["podManagementPolicy"] == "Parallel"
+    (consumer,) = [e for e in container(docs)["env"] if e["name"] == "S2_CONSUMER_NAME"]
+    assert consumer["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (governing,) = [
+        d
+        for d in docs
+        if d["kind"] == "Service" and d["metadata"]["name"] == statefulset["serviceName"]
+    ]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert not [d for d in docs if d["kind"] in ("Deployment", "PersistentVolumeClaim")]
 
 
 def test_secrets_come_from_a_secret_reference_and_never_inline() -> None:
@@ -256,3 +286,22 @@ def test_runbook_links_can_be_made_absolute() -> None:
         r["annotations"]["runbook_url"].startswith("https://ops.example/s2/runbook.md#")
         for r in rules
     )
+
+
+def test_the_service_monitor_selects_one_service_so_each_pod_is_scraped_once() -> None:
+    docs = render(ALL_ON)
+    selector = of_kind(docs, "ServiceMonitor")["spec"]["selector"]
+
+    def selected(service: dict[str, Any]) -> bool:
+        labels = service["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in selector["matchLabels"].items()):
+            return False
+        for expression in selector.get("matchExpressions", []):
+            assert expression["operator"] == "NotIn"
+            if labels.get(expression["key"]) in expression["values"]:
+                return False
+        return True
+
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert len(services) == 2  # the client Service and the StatefulSet's headless one
+    assert [s["spec"].get("clusterIP") for s in services if selected(s)] == [None]
