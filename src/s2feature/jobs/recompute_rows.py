@@ -5,10 +5,10 @@ The per-snapshot path — `materialise` (a `Snapshot` with its DQC verdict each)
 snapshots of a range pass DQC and carry only finite floats, and that can be decided for a whole
 column at once: the required features' null masks, `jump_count > 0`, the two physical bounds and
 infinities are array operations. Those rows are encoded straight from the columns
-(`prepare_passing_rows`, a column encoded at once); every other row (a DQC failure, an infinity, a required feature the
-columns lack) takes the per-snapshot path, so each verdict, routing decision and error is the
-one the live service's code gives. `signal_rows` returns exactly the rows of the per-snapshot
-path, in its order (tests hold them equal, text for text).
+(`prepare_passing_rows`, each column encoded at once); every other row (a DQC failure, an
+infinity, a required feature the columns lack) takes the per-snapshot path, so each verdict,
+routing decision and error is the one the live service's code gives. `signal_rows` returns
+exactly the rows of the per-snapshot path, in its order (tests hold them equal, text for text).
 """
 
 from __future__ import annotations
