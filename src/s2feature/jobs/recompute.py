@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,11 +28,10 @@ from s2feature.config.bundle import ConfigBundle
 from s2feature.domain import DAY_MS, WINDOWS, BarArrays, SeriesId, interval_ms
 from s2feature.dqc.verdict import FX_LATE
 from s2feature.errors import ConfigurationError
-from s2feature.jobs.recompute_ahead import made_ahead
 from s2feature.jobs.recompute_rows import signal_rows
 from s2feature.jobs.warmup import warmup_start
 from s2feature.lake.parquet import BarLake
-from s2feature.store.base import SignalRow, Store, recompute_event_id
+from s2feature.store.base import Store, recompute_event_id
 
 __all__ = [
     "FALLBACK_MARKET",
@@ -256,24 +255,6 @@ def _stored_revs(store: Store, batch: Batch) -> dict[str, Any]:
     }
 
 
-def _batch_rows(
-    plan: RecomputePlan,
-    lake: BarLake,
-    bundle: ConfigBundle,
-    batches: Sequence[Batch],
-    now_ms: Callable[[], int],
-) -> Iterator[tuple[Batch, list[SignalRow]]]:
-    """The rows of each batch that routing stores (pure: reads the lake, writes nothing). A
-    symbol's columns are computed once, at its first batch, and sliced for each of its days."""
-    computed: _SymbolColumns | None = None
-    for batch in batches:
-        series = plan.series[batch.symbol]
-        if computed is None or computed.series != series:
-            computed = _compute_symbol(lake, series, plan.windows, plan.request, bundle)
-        columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
-        yield batch, signal_rows(columns, series, bundle, MODE, now_ms())
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -317,30 +298,31 @@ def run_recompute(
             f"the task had finished {start.batches_done} batches, but it now plans {total}"
         )
     done, written, skipped = start.batches_done, start.signals_written, start.signals_skipped
-    batches = plan.batches[done:]
-    made = _batch_rows(plan, lake, bundle, batches, now_ms)
-    with made_ahead(made, name=f"recompute rows {task_id}") as ahead:
-        for batch in batches:
-            if stop is not None and stop.is_set():
-                break
-            if done > start.batches_done:
-                # Between batches: let the other threads (the consumer loop) take the interpreter.
-                time.sleep(0)
-            made_for, rows = next(ahead)
-            assert made_for == batch, "rows are made batch by batch, in the plan's order"
-            if not req.force and rows:
-                revs = _stored_revs(store, batch)
-                fresh = [r for r in rows if revs.get(r.signal_id) != plan.config_rev]
-                skipped += len(rows) - len(fresh)
-                rows = fresh
-            for start_row in range(0, len(rows), WRITE_CHUNK_ROWS):
-                # Short transactions: the service loop's writes to the same database wait at
-                # most one chunk's write, never a whole day's (1,752 rows for 1m,5m,1h).
-                store.write_batch(rows[start_row : start_row + WRITE_CHUNK_ROWS], [])
-                time.sleep(0)
-            written += len(rows)
-            done += 1
-            progress(Progress(done, total, written, skipped, plan.config_rev))
+    computed: _SymbolColumns | None = None
+    for batch in plan.batches[done:]:
+        if stop is not None and stop.is_set():
+            break
+        if done > start.batches_done:
+            # Between batches: let the other threads (the consumer loop) take the interpreter.
+            time.sleep(0)
+        series = plan.series[batch.symbol]
+        if computed is None or computed.series != series:
+            computed = _compute_symbol(lake, series, plan.windows, req, bundle)
+        columns = [_slice_columns(c, batch.from_ts, batch.to_ts) for c in computed.columns]
+        rows = signal_rows(columns, series, bundle, MODE, now_ms())  # what routing stores
+        if not req.force and rows:
+            revs = _stored_revs(store, batch)
+            fresh = [r for r in rows if revs.get(r.signal_id) != plan.config_rev]
+            skipped += len(rows) - len(fresh)
+            rows = fresh
+        for start_row in range(0, len(rows), WRITE_CHUNK_ROWS):
+            # Short transactions: the service loop's writes to the same database wait at most
+            # one chunk's write, never a whole day's (1,752 rows for 1m,5m,1h).
+            store.write_batch(rows[start_row : start_row + WRITE_CHUNK_ROWS], [])
+            time.sleep(0)
+        written += len(rows)
+        done += 1
+        progress(Progress(done, total, written, skipped, plan.config_rev))
     interrupted = done < total
     event = _task_event(plan, task_id, written, skipped, done, interrupted, now_ms())
     store.write_batch([], [event])
