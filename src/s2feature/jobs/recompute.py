@@ -262,8 +262,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a batch's rows are made. They are a few hundred
     thousand strings in lists and tuples, none of them in a cycle; each allocation of a tuple
     counts towards the next collection, and each collection walks the young lists of them again
-    (profiled: a sixth of the task's CPU time). Collection is enabled again after, unless it
-    was off before."""
+    (profiled: a sixth of the task's CPU time). The pause is the whole process's (a task on a
+    thread pauses it for the others too, for the milliseconds of a batch); collection is enabled
+    again after, unless it was off before."""
     if not gc.isenabled():
         yield
         return
