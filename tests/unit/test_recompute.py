@@ -4,6 +4,7 @@ progress, stop, and the FEATURE_RECOMPUTE event."""
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from s2feature.config.bundle import ConfigBundle
 from s2feature.data.synth import derive_ticks
 from s2feature.domain import DAY_MS, BarArrays, SeriesId, Snapshot
 from s2feature.jobs import Progress, RecomputeError, RecomputeRequest, plan, run_recompute
+from s2feature.jobs.recompute import _cyclic_gc_paused
 from s2feature.jobs.warmup import atr_warmup_wbars, warmup_start
 from s2feature.lake.parquet import BarLake
 from s2feature.store.base import recompute_event_id
@@ -269,3 +271,17 @@ def test_plan_has_one_batch_per_symbol_and_utc_day(tmp_path: Path) -> None:
     assert task.estimated_batches == 3
     assert task.series["BTCUSDT"] == SeriesId("offline", "spot", "BTCUSDT")
     assert np.all(np.diff([b.from_ts for b in task.batches]) > 0)
+
+
+def test_collection_pause_restores_the_state_it_found() -> None:
+    assert gc.isenabled()
+    with _cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left off: someone else turned it off
+    finally:
+        gc.enable()

@@ -105,3 +105,22 @@ def test_an_infinite_value_fails_as_in_the_per_snapshot_path() -> None:
     with pytest.raises(S2FeatureError) as ours:
         signal_rows(broken, series, bundle, "recompute", 1_234)
     assert str(ours.value) == str(reference.value)
+
+
+def test_texts_with_percent_signs_commas_and_quotes() -> None:
+    """The documents are filled into a %-format template: text that holds `%`, `,` or `"` (a
+    label, a rev, a symbol) comes out as the per-snapshot path writes it."""
+    bundle = ConfigBundle(rev='rows%s,"rev"')
+    series = SeriesId("be%nch", "spot", "BTC%dUSDT")
+    columns = compute_columns(_base("spot"), series, WINDOWS, bundle)
+    col = columns[0]
+    labels = np.array(
+        [None, 'a,b"c%s', "100%"] * (len(col.wbars.close_time) // 3 + 1), dtype=object
+    )[: len(col.wbars.close_time)]
+    odd = WindowColumns(
+        col.window, col.wbars, col.inputs_until, {**col.values, "regime_label": labels}
+    )
+    expected = _reference([odd, *columns[1:]], series, bundle)
+    assert signal_rows([odd, *columns[1:]], series, bundle, "recompute", 1_234) == expected
+    texts = {json.loads(row.json_text)["features"]["regime_label"] for row in expected}
+    assert {'a,b"c%s', "100%"} <= texts

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from s2feature.domain import FEATURES, WINDOWS, Dqc, SeriesId, Snapshot
 from s2feature.store.base import StoreError, prepare_signal
-from s2feature.store.snapshot_rows import prepare_snapshot
+from s2feature.store.snapshot_rows import _json_texts, prepare_snapshot
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 feature_value = st.none() | finite | st.sampled_from(["calm", "normal", "stressed"])
@@ -116,3 +116,13 @@ def test_a_non_finite_coverage_or_calc_value_is_refused(bad: float) -> None:
 
 def _fields(snap: Snapshot) -> dict[str, Any]:
     return {name: getattr(snap, name) for name in Snapshot.__dataclass_fields__}
+
+
+def test_column_texts_are_the_texts_inside_a_document() -> None:
+    """`prepare_passing_rows` encodes a column at once: each value's text is the one a document
+    holding it has, NaN (a null in a batch column) included."""
+    floats = [1.0, math.nan, None, 1e-05, 1.5e300, -0.0, 3, True]
+    assert _json_texts(floats) == ["1.0", "null", "null", "0.00001", "1.5e300", "-0.0", "3", "true"]
+    labels = [None, 'a,b"c', "é", 'a,b"c']
+    assert _json_texts(labels) == [json.dumps(v, ensure_ascii=False) for v in labels]
+    assert _json_texts([]) == []

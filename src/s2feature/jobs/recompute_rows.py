@@ -5,10 +5,10 @@ The per-snapshot path — `materialise` (a `Snapshot` with its DQC verdict each)
 snapshots of a range pass DQC and carry only finite floats, and that can be decided for a whole
 column at once: the required features' null masks, `jump_count > 0`, the two physical bounds and
 infinities are array operations. Those rows are encoded straight from the columns
-(`prepare_passing_row`); every other row (a DQC failure, an infinity, a required feature the
-columns lack) takes the per-snapshot path, so each verdict, routing decision and error is the
-one the live service's code gives. `signal_rows` returns exactly the rows of the per-snapshot
-path, in its order (tests hold them equal, text for text).
+(`prepare_passing_rows`, each column encoded at once); every other row (a DQC failure, an
+infinity, a required feature the columns lack) takes the per-snapshot path, so each verdict,
+routing decision and error is the one the live service's code gives. `signal_rows` returns
+exactly the rows of the per-snapshot path, in its order (tests hold them equal, text for text).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from s2feature.compute.assembly import SnapshotAssembler
 from s2feature.compute.batch import WindowColumns, materialise
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import WINDOWS, BarArrays, FeatureValue, SeriesId, interval_ms
+from s2feature.domain import WINDOWS, BarArrays, SeriesId, interval_ms
 from s2feature.dqc.verdict import required_features, routing
 from s2feature.store.base import SignalRow
 from s2feature.store.snapshot_rows import prepare_passing_rows, prepare_snapshot
@@ -66,11 +66,13 @@ def _fast_rows(
     return ok
 
 
-def _python_values(values: np.ndarray[Any, Any]) -> list[FeatureValue]:
-    items = values.tolist()
+def _feature_column(values: np.ndarray[Any, Any]) -> list[Any]:
+    """The values of a column as the payload holds them; a float column keeps NaN for a null
+    (`prepare_passing_rows` writes it as `null`), labels become text as in `materialise`."""
+    items: list[Any] = values.tolist()
     if values.dtype == object:
         return [None if v is None else str(v) for v in items]
-    return [None if v != v else v for v in items]  # NaN is the only value not equal to itself
+    return items
 
 
 def _take(col: WindowColumns, rows: np.ndarray[Any, Any]) -> WindowColumns:
@@ -91,7 +93,9 @@ def signal_rows(
     enabled = SnapshotAssembler(series, bundle).enabled
     required = required_features(bundle, series.market)
     realtime, persist_all = bundle.mode.realtime, bundle.mode.persist_all
-    keyed: list[tuple[int, int, SignalRow]] = []
+    found: list[SignalRow] = []
+    t0_parts: list[np.ndarray[Any, Any]] = []
+    window_parts: list[np.ndarray[Any, Any]] = []
     for col in columns:
         k = WINDOWS.index(col.window)
         fast = _fast_rows(col, enabled, required, bundle)
@@ -99,31 +103,41 @@ def signal_rows(
             fast[:] = False  # a passing snapshot is not stored: leave it to `routing`
         slow = np.flatnonzero(~fast)
         if len(slow):
+            slow_t0s = []
             for snap in materialise([_take(col, slow)], series, bundle):
                 if routing(snap, realtime, persist_all)[0]:
-                    keyed.append((snap.t0, k, prepare_snapshot(snap, mode, computed_at)))
+                    found.append(prepare_snapshot(snap, mode, computed_at))
+                    slow_t0s.append(snap.t0)
+            t0_parts.append(np.asarray(slow_t0s, dtype=np.int64))
+            window_parts.append(np.full(len(slow_t0s), k))
         rows = np.flatnonzero(fast)
         if not len(rows):
             continue
-        lists = [
-            _python_values(col.values[name][rows]) if name in col.values else [None] * len(rows)
+        n = len(rows)
+        features = [
+            (name, _feature_column(col.values[name][rows]) if name in col.values else [None] * n)
             for name in enabled
         ]
         bases = interval_ms(col.window) // bundle.base_ms
-        t0s = col.wbars.close_time[rows].tolist()
-        by_row = zip(*lists, strict=True) if lists else ((),) * len(rows)
-        prepared = prepare_passing_rows(
-            series,
-            col.window,
-            bundle.rev,
-            mode,
-            computed_at,
-            t0s,
-            [dict(zip(enabled, values, strict=True)) for values in by_row],
-            [_SPLIT if split else _SUM for split in col.wbars.depth_split[rows].tolist()],
-            (col.wbars.n_base[rows] / bases).tolist(),  # int / int as Python divides it
-            col.inputs_until[rows].tolist(),
+        t0s = col.wbars.close_time[rows]
+        found.extend(
+            prepare_passing_rows(
+                series,
+                col.window,
+                bundle.rev,
+                mode,
+                computed_at,
+                t0s.tolist(),
+                features,
+                [_SPLIT if split else _SUM for split in col.wbars.depth_split[rows].tolist()],
+                (col.wbars.n_base[rows] / bases).tolist(),  # int / int as Python divides it
+                col.inputs_until[rows].tolist(),
+            )
         )
-        keyed.extend((t0, k, row) for t0, row in zip(t0s, prepared, strict=True))
-    keyed.sort(key=lambda r: (r[0], r[1]))
-    return [row for _, _, row in keyed]
+        t0_parts.append(t0s)
+        window_parts.append(np.full(n, k))
+    if not found:
+        return []
+    # By (t0, window index), as `materialise` orders snapshots: one sort of two int columns.
+    order = np.lexsort((np.concatenate(window_parts), np.concatenate(t0_parts)))
+    return [found[i] for i in order.tolist()]

@@ -27,7 +27,6 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from s2feature.domain import BAR_FLOAT_FIELDS, BAR_INT_FIELDS, DAY_MS, Bar, BarArrays
@@ -232,11 +231,7 @@ class BarLake:
                 continue
             table = self._read_partition(self._date_dir(symbol, date))
             # Filtered after the latest-append dedupe, so a superseded row can never reappear.
-            if from_open_time is not None:
-                table = table.filter(pc.field("open_time") >= from_open_time)
-            if to_close_time is not None:
-                table = table.filter(pc.field("close_time") <= to_close_time)
-            tables.append(table)
+            tables.append(_bounded(table, from_open_time, to_close_time))
         if not tables:
             return _table_to_arrays(LAKE_SCHEMA.empty_table())
         # Partitions are disjoint UTC days read in date order, so the result stays sorted.
@@ -356,3 +351,22 @@ class BarLake:
             temp.unlink(missing_ok=True)
             raise
         _fsync_dir(directory)
+
+
+def _bounded(table: pa.Table, from_open_time: int | None, to_close_time: int | None) -> pa.Table:
+    """The rows with `open_time >= from_open_time` and `close_time <= to_close_time`. A day
+    inside a range needs no filter, and a minimum and a maximum tell so for a fraction of the
+    filter's cost (a 90-day recompute reads 120 days per symbol)."""
+    if not table.num_rows:
+        return table
+    keep = None
+    if from_open_time is not None:
+        open_time = table.column("open_time").to_numpy()
+        if open_time.min() < from_open_time:
+            keep = open_time >= from_open_time
+    if to_close_time is not None:
+        close_time = table.column("close_time").to_numpy()
+        if close_time.max() > to_close_time:
+            before = close_time <= to_close_time
+            keep = before if keep is None else keep & before
+    return table if keep is None else table.filter(pa.array(keep))
