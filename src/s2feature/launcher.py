@@ -188,7 +188,12 @@ def _task_registry(
         settings.store, lake.root, bundle, series, log_level=settings.log_level
     )
     runner = counted_runner(job, metrics)
-    return TaskRegistry(runner, task_store=job_store, owner=settings.consumer)
+    return TaskRegistry(
+        runner,
+        task_store=job_store,
+        owner=settings.consumer,
+        retention_ms=settings.task_retention_ms,
+    )
 
 
 def _scheduler(

@@ -583,6 +583,32 @@ def test_tasks_query_by_owner_state_and_id_prefix_in_id_order(store: Store) -> N
     assert ids(id_prefix="recomp-2025010_") == []  # no wildcards in a prefix
 
 
+def test_delete_tasks_removes_only_finished_tasks_that_ended_before_the_cutoff(
+    store: Store,
+) -> None:
+    cutoff = 1_736_035_300_000
+    for task_id, state, finished_at in [
+        ("recomp-20250105-0001", "done", cutoff - 1),  # goes
+        ("recomp-20250105-0002", "failed", cutoff - 86_400_000),  # goes
+        ("recomp-20250105-0003", "done", cutoff),  # not before the cutoff: kept
+        ("recomp-20250105-0004", "interrupted", cutoff - 1),  # a state not asked for: kept
+        ("recomp-20250105-0005", "running", None),  # unfinished: kept
+        ("recomp-20250105-0006", "done", None),  # no end time recorded: kept
+    ]:
+        store.save_task(task(task_id, state=state, finished_at=finished_at))
+
+    assert store.delete_tasks(cutoff, ["done", "failed"]) == 2
+    assert [t["task_id"] for t in store.query_tasks()] == [
+        "recomp-20250105-0003",
+        "recomp-20250105-0004",
+        "recomp-20250105-0005",
+        "recomp-20250105-0006",
+    ]
+    assert store.delete_tasks(cutoff, ["done", "failed"]) == 0  # idempotent
+    assert store.delete_tasks(cutoff + 1, []) == 0
+    assert len(store.query_tasks()) == 4
+
+
 def test_stored_tasks_survive_reopening(open_backend: OpenStore) -> None:
     open_backend().insert_task(task())
     reopened = open_backend()

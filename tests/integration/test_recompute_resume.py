@@ -276,3 +276,54 @@ def test_only_the_owner_resumes_and_an_unreadable_task_is_interrupted(tmp_path: 
     finally:
         tasks.close()
         store.close()
+
+
+def test_finished_tasks_older_than_the_retention_are_deleted_at_open_and_after_a_task(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s2.db")
+    jan5_noon_ms = 1_736_078_400_000  # 2025-01-05T12:00Z
+    now_ms = [jan5_noon_ms]
+    retention_ms = 30 * DAY_MS
+    old = stored_task(
+        "recomp-20241201-0001", "s2-b", state="done", finished_at=now_ms[0] - retention_ms - 1
+    )
+    recent = stored_task(
+        "recomp-20241210-0001", "s2-a", state="failed", finished_at=now_ms[0] - retention_ms + 1
+    )
+    # Unfinished (another owner's): never deleted, however old.
+    running = stored_task("recomp-20241101-0001", "s2-b", started_at=0)
+    for doc in (old, recent, running):
+        store.save_task(doc)
+    runner = SteppedRunner()
+    tasks = TaskRegistry(
+        runner,
+        task_store=lambda: store,
+        owner="s2-a",
+        wall_clock=lambda: now_ms[0] / 1000,
+        retention_ms=retention_ms,
+        prune_every_s=0.0,
+    )
+    tasks.start()
+    try:
+        wait_for(lambda: tasks.ready, timeout_s=30, what="the registry to open its store")
+        stored = [t["task_id"] for t in store.query_tasks()]
+        assert stored == ["recomp-20241101-0001", "recomp-20241210-0001"]
+        assert tasks.get(old["task_id"]) is None  # GET: 404 once deleted
+        # Two days later a task finishes: `recent` is now past the retention too.
+        now_ms[0] += 2 * DAY_MS
+        new = tasks.submit(RecomputeRequest((SERIES.symbol,), ("1h",), DAY_MS, 2 * DAY_MS - 1))
+        runner.release(new.batches_total)
+        assert finished(tasks, new.task_id).state == "done"
+        wait_for(
+            lambda: store.get_task(recent["task_id"]) is None,
+            timeout_s=30,
+            what="the prune after the task",
+        )
+        assert [t["task_id"] for t in store.query_tasks()] == [
+            "recomp-20241101-0001",
+            new.task_id,
+        ]
+    finally:
+        tasks.close()
+        store.close()

@@ -10,6 +10,7 @@ from s2feature.jobs.recompute import RecomputeRequest
 
 __all__ = [
     "ACTIVE",
+    "FINISHED",
     "TaskRecord",
     "TaskState",
     "TaskView",
@@ -20,6 +21,7 @@ __all__ = [
 
 TaskState = Literal["queued", "running", "done", "failed", "interrupted"]
 ACTIVE: tuple[TaskState, ...] = ("queued", "running")
+FINISHED: tuple[TaskState, ...] = ("done", "failed", "interrupted")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from s2feature.jobs.recompute import (
 )
 from s2feature.jobs.task_record import (
     ACTIVE,
+    FINISHED,
     TaskRecord,
     TaskState,
     TaskView,
@@ -110,7 +111,9 @@ class TaskRegistry:
     restart under the same name resumes its tasks. `wall_clock` (epoch seconds) dates the task
     ids (`recomp-YYYYMMDD-NNNN`, the UTC day of submission and a counter within the day);
     `monotonic` times the rate and ETA. At most `keep_finished` finished tasks are kept in
-    memory, the oldest forgotten first (the store keeps them all).
+    memory, the oldest forgotten first. The store keeps finished tasks for `retention_ms` after
+    they ended (0: for ever): older ones, of any owner, are deleted when the store is opened and
+    then at most every `prune_every_s`, after a task finishes.
     """
 
     def __init__(
@@ -124,6 +127,8 @@ class TaskRegistry:
         monotonic: Callable[[], float] = time.monotonic,
         keep_finished: int = 1000,
         retry_s: float = 2.0,
+        retention_ms: int = 0,
+        prune_every_s: float = 3600.0,
     ) -> None:
         self._runner = runner
         self._open_store = task_store
@@ -134,6 +139,9 @@ class TaskRegistry:
         self._monotonic = monotonic
         self._keep_finished = keep_finished
         self._retry_s = retry_s
+        self._retention_ms = retention_ms
+        self._prune_every_s = prune_every_s
+        self._pruned_at: float | None = None  # monotonic time of the last prune
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
@@ -320,7 +328,36 @@ class TaskRegistry:
                     self._queue.append(task.task_id)
             self._ready = True
             self._wake.notify_all()
+        self._prune()
         return True
+
+    def _prune(self) -> None:
+        """Delete the stored tasks that finished more than the retention ago (on the worker
+        thread). A failure is logged and left for the next time: old records do no harm."""
+        store = self._store
+        if store is None or self._retention_ms <= 0:
+            return
+        now = self._monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < self._prune_every_s:
+            return
+        self._pruned_at = now
+        before = int(self._wall_clock() * 1000) - self._retention_ms
+        try:
+            deleted = store.delete_tasks(before, FINISHED)
+        except StoreError as exc:
+            log.warning(
+                "old recompute tasks not deleted: %s",
+                exc,
+                extra={"event": "recompute_prune_failed"},
+            )
+            return
+        if deleted:
+            log.info(
+                "deleted %d recompute tasks that finished over %d days ago",
+                deleted,
+                self._retention_ms // DAY_MS,
+                extra={"event": "recompute_pruned", "tasks": deleted},
+            )
 
     def _resumable(self, doc: dict[str, Any], store: TaskStore) -> TaskRecord | None:
         try:
@@ -361,6 +398,7 @@ class TaskRegistry:
             try:
                 self._save(task)
                 self._run(task)
+                self._prune()
             except StoreError as exc:
                 # The task store failed: the task's record may be behind, never ahead, of
                 # what was written, and a restart resumes from there.

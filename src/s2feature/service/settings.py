@@ -85,8 +85,10 @@ class EnvSettings(BaseSettings):
     # The bearer token of the /features/* routes; unset or empty: those routes answer 503.
     api_token: SecretStr | None = None
     recompute_lookback: str = "2h"
+    # Finished recompute tasks are deleted from the store this long after they ended (0: kept).
+    task_retention: str = "30d"
 
-    @field_validator("recompute_lookback")
+    @field_validator("recompute_lookback", "task_retention")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration_ms(value)  # ValueError names the format
@@ -181,6 +183,8 @@ class Settings:
     otlp_endpoint: str | None = None  # OTLP/HTTP collector base URL; None: no traces
     # The hourly gap fill recomputes this much before each full hour (0: no hourly gap fill).
     recompute_lookback_ms: int = 7_200_000
+    # Finished recompute tasks stay in the store this long after they ended (0: for ever).
+    task_retention_ms: int = 30 * 86_400_000
 
 
 def bundle_overrides_of(raw: EnvSettings) -> BundleOverrides:
@@ -345,4 +349,5 @@ def settings_of(raw: EnvSettings) -> Settings:
         trace_sample=raw.trace_sample,
         otlp_endpoint=raw.otlp_endpoint,
         recompute_lookback_ms=parse_duration_ms(raw.recompute_lookback),
+        task_retention_ms=parse_duration_ms(raw.task_retention),
     )

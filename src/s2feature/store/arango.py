@@ -416,6 +416,21 @@ class ArangoStore:
         tasks.sort(key=lambda task: str(task["task_id"]))  # by code point, as on SQLite
         return tasks
 
+    def delete_tasks(self, finished_before: int, states: Sequence[str]) -> int:
+        """Delete finished tasks older than `finished_before` (epoch ms); how many went."""
+        if not states:
+            return 0
+        # `null < number` holds in AQL, so a task never finished is excluded explicitly.
+        aql = (
+            f"FOR t IN {RECOMPUTE_TASKS} FILTER t.state IN @states "
+            "AND IS_NUMBER(t.finished_at) AND t.finished_at < @before "
+            f"REMOVE t IN {RECOMPUTE_TASKS} RETURN OLD._key"
+        )
+        bind_vars: dict[str, Any] = {"states": list(states), "before": finished_before}
+        with self._guard("delete tasks") as db:
+            cursor = cast(Cursor, db.aql.execute(aql, bind_vars=bind_vars))
+            return sum(1 for _ in cursor)
+
     def count_signals(self) -> int:
         """Number of stored signals."""
         with self._guard("count signals") as db:

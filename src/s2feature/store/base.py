@@ -78,6 +78,10 @@ class TaskStore(Protocol):
         """Tasks, optionally of one owner, in some states, with ids starting with `id_prefix`;
         ordered by `task_id`."""
 
+    def delete_tasks(self, finished_before: int, states: Sequence[str]) -> int:
+        """Delete the tasks in `states` whose `finished_at` (epoch ms) is before
+        `finished_before`; a task without `finished_at` is kept. Returns how many went."""
+
 
 @runtime_checkable
 class Store(TaskStore, Protocol):

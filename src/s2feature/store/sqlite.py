@@ -306,6 +306,18 @@ class SqliteStore:
             texts = [row[0] for row in conn.execute(sql, params)]
         return [_decode(text) for text in texts]
 
+    def delete_tasks(self, finished_before: int, states: Sequence[str]) -> int:
+        """Delete finished tasks older than `finished_before` (epoch ms); how many went."""
+        if not states:
+            return 0
+        marks = ", ".join("?" for _ in states)
+        sql = (
+            f"DELETE FROM recompute_tasks WHERE state IN ({marks}) "
+            "AND json_extract(doc, '$.finished_at') < ?"  # NULL (never finished) is kept
+        )
+        with self._locked("delete tasks") as conn, _immediate_transaction(conn):
+            return conn.execute(sql, [*states, finished_before]).rowcount
+
     def count_signals(self) -> int:
         """Number of stored signals."""
         with self._locked("count signals") as conn:
