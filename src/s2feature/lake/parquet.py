@@ -254,20 +254,41 @@ class BarLake:
         self, symbol: str, from_open_time: int, to_close_time: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """`(close_time, close)` of the bars `read` would return, reading only the three
-        columns needed (a service restart reads a month of them per symbol)."""
-        schema = _CLOSES_SCHEMA
+        columns needed (a service restart reads a month of them per symbol, one small part per
+        day: the per-part costs are what this keeps low)."""
+        first_day, last_day = from_open_time // DAY_MS, to_close_time // DAY_MS
         tables = []
         for date in self.dates(symbol):
-            day = _day_number(date)
-            if day < from_open_time // DAY_MS or day > to_close_time // DAY_MS:
-                continue
-            tables.append(self._read_partition(self._date_dir(symbol, date), schema))
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
+            if first_day <= _day_number(date) <= last_day:
+                tables.extend(self._closes_parts(self._date_dir(symbol, date)))
+        # Parts in date order, then sequence order within a date: dates hold disjoint open
+        # times, so one latest-append dedupe over all of them equals one per partition.
+        table = _latest_per_open_time(pa.concat_tables(tables or [_CLOSES_SCHEMA.empty_table()]))
         open_time = np.asarray(table.column("open_time").to_numpy(), dtype=np.int64)
         close_time = np.asarray(table.column("close_time").to_numpy(), dtype=np.int64)
         close = np.asarray(table.column("close").to_numpy(), dtype=np.float64)
         keep = (open_time >= from_open_time) & (close_time <= to_close_time)
         return close_time[keep], close[keep]
+
+    def _closes_parts(self, directory: Path) -> list[pa.Table]:
+        """The `open_time`, `close_time` and `close` of each part of a partition, in sequence
+        order. A part is a day of bars, a few tens of kilobytes: it is read whole in one call
+        and decoded on the calling thread, as handing so little to Arrow's thread pool costs
+        more than decoding it."""
+        columns = list(_CLOSES_SCHEMA.names)
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                tables = []
+                for _, path in self._parts(directory):
+                    with open(path, "rb") as file:
+                        data = file.read()  # one read, where Arrow's reader makes several
+                    with pq.ParquetFile(pa.BufferReader(data)) as part:
+                        table = part.read(columns=columns, use_threads=False)
+                    tables.append(table.cast(_CLOSES_SCHEMA))
+                return tables
+            except FileNotFoundError:
+                continue  # compacted under us: list again
+        raise RuntimeError(f"parts of {directory} kept disappearing while being read")
 
     def _read_partition(self, directory: Path, schema: pa.Schema = LAKE_SCHEMA) -> pa.Table:
         """The partition's rows, one per `open_time` (latest part wins), sorted by `open_time`:
