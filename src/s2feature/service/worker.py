@@ -41,6 +41,7 @@ from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.observability.tracing import TracedSignal
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.memory import release_free_memory
 from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
@@ -148,8 +149,15 @@ class SeriesWorker:
 
         Engine families whose saved state does not fit the active bundle (another version of the
         family, or a checkpoint written under other state parameters, e.g. another `atr_period`)
-        are rebuilt from the lake's bars up to the checkpoint.
+        are rebuilt from the lake's bars up to the checkpoint. The memory the lake's bars took
+        while they were read goes back to the system (`service/memory.py`).
         """
+        try:
+            return self._restore(bundle)
+        finally:
+            release_free_memory()
+
+    def _restore(self, bundle: ConfigBundle | None) -> str:
         if bundle is not None and bundle != self.bundle:
             self.bundle = bundle
             self._fresh_state()
