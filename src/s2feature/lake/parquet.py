@@ -254,37 +254,49 @@ class BarLake:
         self, symbol: str, from_open_time: int, to_close_time: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """`(close_time, close)` of the bars `read` would return, reading only the three
-        columns needed (a service restart reads a month of them per symbol, one small part per
-        day: the per-part costs are what this keeps low)."""
-        first_day, last_day = from_open_time // DAY_MS, to_close_time // DAY_MS
-        tables = []
-        for date in self.dates(symbol):
-            if first_day <= _day_number(date) <= last_day:
-                tables.extend(self._closes_parts(self._date_dir(symbol, date)))
-        # Parts in date order, then sequence order within a date: dates hold disjoint open
-        # times, so one latest-append dedupe over all of them equals one per partition.
-        table = _latest_per_open_time(pa.concat_tables(tables or [_CLOSES_SCHEMA.empty_table()]))
+        columns needed (a service restart reads a month of them per symbol)."""
+        table = self._span(symbol, from_open_time, to_close_time, _CLOSES_SCHEMA)
         open_time = np.asarray(table.column("open_time").to_numpy(), dtype=np.int64)
         close_time = np.asarray(table.column("close_time").to_numpy(), dtype=np.int64)
         close = np.asarray(table.column("close").to_numpy(), dtype=np.float64)
         keep = (open_time >= from_open_time) & (close_time <= to_close_time)
         return close_time[keep], close[keep]
 
-    def _closes_parts(self, directory: Path) -> list[pa.Table]:
-        """The `open_time`, `close_time` and `close` of each part of a partition, in sequence
-        order. A part is a day of bars, a few tens of kilobytes: it is read whole in one call
-        and decoded on the calling thread, as handing so little to Arrow's thread pool costs
-        more than decoding it."""
-        columns = list(_CLOSES_SCHEMA.names)
+    def read_span(self, symbol: str, from_open_time: int, to_close_time: int) -> BarArrays:
+        """The bars `read` returns for these bounds, read as `read_closes` reads: for a
+        service's warm-up, which reads a fortnight of whole bars per symbol."""
+        arrays = _table_to_arrays(self._span(symbol, from_open_time, to_close_time, LAKE_SCHEMA))
+        keep = (arrays.open_time >= from_open_time) & (arrays.close_time <= to_close_time)
+        return BarArrays(**{name: values[keep] for name, values in arrays.__dict__.items()})
+
+    def _span(
+        self, symbol: str, from_open_time: int, to_close_time: int, schema: pa.Schema
+    ) -> pa.Table:
+        """The columns of `schema` of every row of the partitions that the bounds touch, one
+        per `open_time` (latest part wins), sorted by `open_time` (bounds not applied)."""
+        first_day, last_day = from_open_time // DAY_MS, to_close_time // DAY_MS
+        tables = []
+        for date in self.dates(symbol):
+            if first_day <= _day_number(date) <= last_day:
+                tables.extend(self._whole_parts(self._date_dir(symbol, date), schema))
+        # Parts in date order, then sequence order within a date: dates hold disjoint open
+        # times, so one latest-append dedupe over all of them equals one per partition.
+        return _latest_per_open_time(pa.concat_tables(tables or [schema.empty_table()]))
+
+    def _whole_parts(self, directory: Path, schema: pa.Schema) -> list[pa.Table]:
+        """The columns of `schema` of each part of a partition, in sequence order. A part is a
+        day of bars at most, tens of kilobytes: it is read whole in one call and decoded on the
+        calling thread, which takes half the time of Arrow's reader with its thread pool."""
+        columns = list(schema.names)
         for _ in range(_READ_ATTEMPTS):
             try:
                 tables = []
                 for _, path in self._parts(directory):
                     with open(path, "rb") as file:
-                        data = file.read()  # one read, where Arrow's reader makes several
+                        data = file.read()
                     with pq.ParquetFile(pa.BufferReader(data)) as part:
                         table = part.read(columns=columns, use_threads=False)
-                    tables.append(table.cast(_CLOSES_SCHEMA))
+                    tables.append(table.cast(schema))
                 return tables
             except FileNotFoundError:
                 continue  # compacted under us: list again

@@ -202,7 +202,7 @@ class SeriesWorker:
         # the closes of all of it, whole bars of the tail the w-bar families need.
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
         tail_start = max(start, self.engine.warm_up_tail_start(last))
-        tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
+        tail = self.lake.read_span(symbol, tail_start, last)
         # Base intervals divide a day and the tail starts on one: no bar straddles its start.
         early_time, early = self.lake.read_closes(symbol, start, to_close_time=tail_start - 1)
         closes = CloseHistory(
