@@ -10,10 +10,13 @@ bars of symbol i are the real Coinbase BTC/USD hourly bars from a stretch of the
 into minutes by the seeded `s2feature.data.synth`. The lake is built once per work directory and
 reused by later runs (`--workdir`, default under the system temp directory).
 
-For each N, `s2-feature run --burst` in its own process on a fresh Redis server:
+For each N, `s2-feature run --burst` in its own process on a fresh Redis server, in an
+environment made as the image makes its own (`--env image`, the default: `uv sync --frozen
+--no-dev` into `<workdir>/service-env`, bytecode compiled; `--env dev` runs it in the bench's own
+environment, with the dev dependencies, pandas among them, which pyarrow then imports):
 
 1. cold start: no checkpoint, warm-up from the lake, then the live entries are drained. Peak RSS
-   (the child's `ru_maxrss`), the time until every symbol is restored (its `restored` log line),
+   (the child's `ru_maxrss`), its CPU time (user + system), the time until every symbol is restored (its `restored` log line),
    the drain rate of the live entries as a ratio to a floor (XREADGROUP + decode + XACK of the
    same entries, as in `benches/service_bench.py`);
 2. checkpoint bytes: `STRLEN feat:{cache}:<symbol>` after the run, per symbol, and the bytes/s
