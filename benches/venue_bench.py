@@ -16,9 +16,9 @@ environment made as the image makes its own (`--env image`, the default: `uv syn
 environment, with the dev dependencies, pandas among them, which pyarrow then imports):
 
 1. cold start: no checkpoint, warm-up from the lake, then the live entries are drained. Peak RSS
-   (the child's `ru_maxrss`), its CPU time (user + system), the time until every symbol is restored (its `restored` log line),
-   the drain rate of the live entries as a ratio to a floor (XREADGROUP + decode + XACK of the
-   same entries, as in `benches/service_bench.py`);
+   (the child's `ru_maxrss`), its CPU time (user + system), the time until every symbol is
+   restored (its `restored` log line), the drain rate of the live entries as a ratio to a floor
+   (XREADGROUP + decode + XACK of the same entries, as in `benches/service_bench.py`);
 2. checkpoint bytes: `STRLEN feat:{cache}:<symbol>` after the run, per symbol, and the bytes/s
    that N active symbols write at `S2_CHECKPOINT_MS`;
 3. restart from checkpoints: the same command again on the same Redis and lake, nothing new to
@@ -354,7 +354,15 @@ def service_python(choice: str, workdir: Path) -> str:
     if choice == "image":
         env_dir = workdir / "service-env"
         subprocess.run(
-            ["uv", "sync", "--frozen", "--no-dev", "--compile-bytecode", "--quiet"],
+            # `uv run` names its own executable in UV (make's uv need not be on the PATH).
+            [
+                os.environ.get("UV", "uv"),
+                "sync",
+                "--frozen",
+                "--no-dev",
+                "--compile-bytecode",
+                "-q",
+            ],
             cwd=ROOT,
             env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(env_dir)},
             check=True,
