@@ -10,12 +10,15 @@ bars of symbol i are the real Coinbase BTC/USD hourly bars from a stretch of the
 into minutes by the seeded `s2feature.data.synth`. The lake is built once per work directory and
 reused by later runs (`--workdir`, default under the system temp directory).
 
-For each N, `s2-feature run --burst` in its own process on a fresh Redis server:
+For each N, `s2-feature run --burst` in its own process on a fresh Redis server, in an
+environment made as the image makes its own (`--env image`, the default: `uv sync --frozen
+--no-dev` into `<workdir>/service-env`, bytecode compiled; `--env dev` runs it in the bench's own
+environment, with the dev dependencies, pandas among them, which pyarrow then imports):
 
 1. cold start: no checkpoint, warm-up from the lake, then the live entries are drained. Peak RSS
-   (the child's `ru_maxrss`), the time until every symbol is restored (its `restored` log line),
-   the drain rate of the live entries as a ratio to a floor (XREADGROUP + decode + XACK of the
-   same entries, as in `benches/service_bench.py`);
+   (the child's `ru_maxrss`), its CPU time (user + system), the time until every symbol is
+   restored (its `restored` log line), the drain rate of the live entries as a ratio to a floor
+   (XREADGROUP + decode + XACK of the same entries, as in `benches/service_bench.py`);
 2. checkpoint bytes: `STRLEN feat:{cache}:<symbol>` after the run, per symbol, and the bytes/s
    that N active symbols write at `S2_CHECKPOINT_MS`;
 3. restart from checkpoints: the same command again on the same Redis and lake, nothing new to
@@ -25,9 +28,11 @@ For each N, `s2-feature run --burst` in its own process on a fresh Redis server:
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -182,13 +187,17 @@ class ServiceRun:
     restored_s: float = 0.0  # from launch until the last `restored` line
     stopped_s: float = 0.0  # from launch until the `stopped` line
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # the child's user + system time, whole run
     restored: int = 0
     how: list[str] = field(default_factory=list)
 
 
-def run_service(env: dict[str, str], burst_s: float, log_path: Path) -> ServiceRun:
-    """`s2-feature run --burst` in a child process; stamps its log lines as they come."""
-    command = [sys.executable, "-m", "s2feature.cli", "run", "--burst", str(burst_s)]
+def run_service(
+    env: dict[str, str], burst_s: float, log_path: Path, python: str = sys.executable
+) -> ServiceRun:
+    """`s2-feature run --burst` in a child process of `python`; stamps its log lines as they
+    come."""
+    command = [python, "-m", "s2feature.cli", "run", "--burst", str(burst_s)]
     result = ServiceRun()
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -226,6 +235,7 @@ def run_service(env: dict[str, str], burst_s: float, log_path: Path) -> ServiceR
         reader.join()
     result.wall_s = time.perf_counter() - started
     result.peak_rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+    result.cpu_s = usage.ru_utime + usage.ru_stime
     if process.returncode != 0:
         raise RuntimeError(f"s2-feature run exited {process.returncode}, see {log_path}")
     return result
@@ -242,7 +252,7 @@ class VenueFigures:
     drain_rate: float
 
 
-def measure(venue: Venue, burst_s: float) -> VenueFigures:
+def measure(venue: Venue, burst_s: float, python: str) -> VenueFigures:
     venue.ensure_lake()
     with tempfile.TemporaryDirectory(prefix="venue-run-", dir=venue.workdir) as tmp:
         workdir = Path(tmp)
@@ -254,9 +264,9 @@ def measure(venue: Venue, burst_s: float) -> VenueFigures:
                 floor_pass(client, _stream_inputs(keys), f"floor{k}") for k in range(2)
             )
             env = venue.env(server, workdir, "venue-1", venue.lake_copy(workdir / "lake"))
-            cold = run_service(env, burst_s, workdir / "cold.log")
+            cold = run_service(env, burst_s, workdir / "cold.log", python)
             checkpoint_bytes = [int(client.strlen(cache_key(s.symbol))) for s in keys]
-            restart = run_service(env, burst_s, workdir / "restart.log")
+            restart = run_service(env, burst_s, workdir / "restart.log", python)
             if cold.restored != venue.symbols or restart.restored != venue.symbols:
                 raise RuntimeError(f"restored {cold.restored}/{restart.restored} symbols")
             drain_s = max(1e-9, cold.stopped_s - burst_s - cold.restored_s)
@@ -303,6 +313,10 @@ def print_figures(figures: list[VenueFigures], venue_days: int) -> None:
         )
         print(f"    peak RSS, restart             {f.restart.peak_rss_mb:8.0f} MB")
         print(
+            f"    CPU of the run, cold/restart  {f.cold.cpu_s:8.1f} s / {f.restart.cpu_s:.1f} s "
+            f"(wall {f.cold.wall_s:.1f} s / {f.restart.wall_s:.1f} s)"
+        )
+        print(
             f"    cold start (all restored)     {f.cold.restored_s:8.1f} s   "
             f"{target(f.cold.restored_s, COLD_START_TARGET_S, n, 's')}"
         )
@@ -327,6 +341,46 @@ def print_figures(figures: list[VenueFigures], venue_days: int) -> None:
         print(line, flush=True)
 
 
+def service_python(choice: str, workdir: Path) -> str:
+    """The interpreter the service runs under. `image`: an environment made as the image makes
+    its own (`uv sync --frozen --no-dev`, bytecode compiled), with this checkout's source;
+    `dev`: the bench's own environment (dev dependencies installed), bytecode compiled too.
+
+    Both matter to the figures. With `PYTHONDONTWRITEBYTECODE` set and no cached bytecode, every
+    launch compiles its thousand-odd modules from source again: seconds a deployed instance never
+    spends. And pyarrow imports pandas on its first conversion when pandas is installed (a dev
+    dependency only): tens of megabytes a deployed instance never holds."""
+    started = time.perf_counter()
+    if choice == "image":
+        env_dir = workdir / "service-env"
+        subprocess.run(
+            # `uv run` names its own executable in UV (make's uv need not be on the PATH).
+            [
+                os.environ.get("UV", "uv"),
+                "sync",
+                "--frozen",
+                "--no-dev",
+                "--compile-bytecode",
+                "-q",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(env_dir)},
+            check=True,
+        )
+        python, directories = str(env_dir / "bin" / "python"), [ROOT / "src"]
+    else:
+        python = sys.executable
+        directories = [Path(p) for p in site.getsitepackages()] + [ROOT / "src"]
+    for directory in directories:
+        compileall.compile_dir(directory, quiet=1, workers=0)
+    print(
+        f"  service environment: {choice} ({python}), bytecode compiled "
+        f"({time.perf_counter() - started:.1f} s)",
+        flush=True,
+    )
+    return python
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", default="3,10,100", help="comma-separated symbol counts")
@@ -340,13 +394,20 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "s2feature-venue-bench",
         help="where the lake is kept between runs",
     )
+    parser.add_argument(
+        "--env",
+        choices=("image", "dev"),
+        default="image",
+        help="the service's environment: as the image's (no dev dependencies), or the bench's",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    python = service_python(args.env, args.workdir)
     figures = []
     for n in sorted(int(x) for x in args.symbols.split(",")):
         venue = Venue(args.workdir, n, args.days, args.live_minutes, args.per_bar)
         print(f"venue: {n} symbols ...", flush=True)
-        figures.append(measure(venue, args.burst))
+        figures.append(measure(venue, args.burst, python))
         print_figures(figures[-1:], args.days)
     print_figures(figures, args.days)
 

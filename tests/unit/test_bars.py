@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from s2feature.compute.bars import WBarBuilder, aggregate_wbars
+from s2feature.compute.bars import WBarBuilder, aggregate_wbars, bars_of
 from s2feature.domain import Bar, BarArrays
 from tests.support.market_gen import SeriesSpec, make_series, series_specs
 
@@ -73,3 +73,27 @@ def test_online_builder_equals_batch_aggregation(spec: SeriesSpec) -> None:
             assert ua == ub
             assert replace(a, volume=0.0) == replace(b, volume=0.0)
             assert np.isclose(a.volume, b.volume, rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=series_specs(M, 1, 200))
+def test_bars_of_equals_to_bars_value_and_type(spec: SeriesSpec) -> None:
+    base = make_series(spec)
+    for arrays in (base, aggregate_wbars(base, FIVE)[0]):
+        fast, slow = bars_of(arrays), arrays.to_bars()
+        assert fast == slow
+        for a, b in zip(fast, slow, strict=True):
+            assert [type(getattr(a, f)) for f in a.__slots__] == [
+                type(getattr(b, f)) for f in b.__slots__
+            ]
+
+
+def test_bars_of_makes_missing_tick_values_none_and_keeps_a_nan_price() -> None:
+    bars = [base_bar(0, 1.0, 2.0, 0.5, 1.5), Bar(M, 2 * M - 1, 1.5, 1.5, 1.5, float("nan"), 0.0)]
+    arrays = BarArrays.from_bars(bars)
+    fast = bars_of(arrays)
+    assert fast[0] == bars[0]
+    assert fast[1].mid is None
+    assert fast[1].funding_next is None
+    assert np.isnan(fast[1].close)
+    assert str(fast) == str(arrays.to_bars())

@@ -431,3 +431,14 @@ def test_read_closes_equals_the_columns_of_read_with_the_latest_append_winning(
     _, close = lake.read_closes("BTCUSDT", 0, 10**15)
     assert close.tolist()[30] == 1.0
     assert lake.read_closes("ETHUSDT", 0, 10**15)[0].tolist() == []
+
+
+def test_read_span_equals_read_with_the_latest_append_winning(lake: BarLake) -> None:
+    bars = _hourly(MIDNIGHT_2024 - 5 * HOUR_MS, 60)  # across two UTC midnights
+    lake.append("BTCUSDT", bars)
+    lake.append("BTCUSDT", [_bar(bars[30].open_time, close=1.0, high=200.0)])  # a correction
+    for lo, hi in [(0, 10**15), (bars[3].open_time, bars[40].close_time), (bars[7].open_time, 0)]:
+        full = lake.read("BTCUSDT", from_open_time=lo, to_close_time=hi)
+        assert lake.read_span("BTCUSDT", lo, hi).to_bars() == full.to_bars()
+    assert lake.read_span("BTCUSDT", 0, 10**15).to_bars()[30].close == 1.0
+    assert len(lake.read_span("ETHUSDT", 0, 10**15)) == 0

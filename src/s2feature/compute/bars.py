@@ -15,7 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from s2feature.domain import Bar, BarArrays
+from s2feature.domain import BAR_FLOAT_FIELDS, Bar, BarArrays
+
+_BAR_FIELDS = tuple(Bar.__dataclass_fields__)  # the constructor's positional order
+# Float fields that are None, not NaN, in a `Bar` when the input never carried them.
+_OPTIONAL_FLOATS = frozenset(BAR_FLOAT_FIELDS) - {"open", "high", "low", "close", "volume"}
+
+
+def bars_of(arrays: BarArrays) -> list[Bar]:
+    """`arrays.to_bars()`, a column at a time: each column becomes Python values in one call
+    (NaN of a tick field becomes None), rather than every value being read from numpy on its
+    own. A warm-up turns some 1,600 base bars and w-bars a symbol into `Bar`s: a third of the
+    time."""
+    columns = []
+    for name in _BAR_FIELDS:
+        values = getattr(arrays, name).tolist()
+        if name in _OPTIONAL_FLOATS:
+            values = [None if value != value else value for value in values]  # NaN != NaN
+        columns.append(values)
+    return [Bar(*row) for row in zip(*columns, strict=True)]
 
 
 @dataclass(slots=True)  # a value, not frozen: see domain.Bar

@@ -19,7 +19,7 @@ from typing import Any, Self
 import numpy as np
 
 from s2feature.compute.assembly import SnapshotAssembler
-from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars
+from s2feature.compute.bars import FinalWBar, WBarBuilder, aggregate_wbars, bars_of
 from s2feature.compute.engine_state import (
     BASE_SCOPE,
     STATE_FORMAT,
@@ -336,7 +336,7 @@ class SymbolEngine:
             return
         if not all(isinstance(f, HistoryBacked) for f in self._base_families):
             self.seen_until = None
-            self.rebuild(everything, history.to_bars())  # no vectorised start: replay it all
+            self.rebuild(everything, bars_of(history))  # no vectorised start: replay it all
             return
         if closes is None:
             closes = CloseHistory(history.close_time, history.close)
@@ -361,7 +361,7 @@ class SymbolEngine:
         tail = history.slice(int(np.searchsorted(history.open_time, start)), len(history))
         wbars, _ = aggregate_wbars(tail, interval_ms(window))
         families = self._wbar_families[window]
-        for bar in wbars.to_bars():
+        for bar in bars_of(wbars):
             t0 = bar.close_time
             for family in families:
                 family.update(bar)
@@ -369,7 +369,7 @@ class SymbolEngine:
         done_until = int(wbars.close_time[-1]) if len(wbars) else start - 1
         first_open = int(np.searchsorted(tail.open_time, done_until + 1))
         builder = self._builders[window]
-        for bar in tail.slice(first_open, len(tail)).to_bars():
+        for bar in bars_of(tail.slice(first_open, len(tail))):
             if builder.close_before(bar) is not None or builder.add(bar) is not None:
                 raise AssertionError("a w-bar left out of the aggregation completed")
 

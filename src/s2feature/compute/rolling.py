@@ -24,8 +24,11 @@ import numpy.typing as npt
 ANCHOR_RTOL: Final = 1e-12
 _UNIT_ROUNDOFF: Final = 2.0**-53
 # Pairs no window holds any more are dropped in one move once there are this many and they are
-# at least half the series: amortised O(1), and at most this much slack per series.
+# at least an eighth of the series: amortised O(1) (a move of n kept pairs comes after at least
+# n/7 additions), and at most an eighth of the series is dead weight. (At a half, a month of
+# one-minute returns, half a megabyte a symbol, grew to up to twice that between moves.)
 _COMPACT_AT: Final = 4096
+_SLACK_PER_SERIES: Final = 8
 _OFFSET_MAX: Final = 2**32 - 1
 Times = Sequence[int] | npt.NDArray[np.int64]
 Values = Sequence[float] | npt.NDArray[np.float64]
@@ -137,7 +140,7 @@ class RollingSums:
 
     def _compact(self) -> None:
         oldest = min(self._heads)
-        if oldest >= _COMPACT_AT and 2 * oldest >= len(self._times):
+        if oldest >= _COMPACT_AT and _SLACK_PER_SERIES * oldest >= len(self._times):
             del self._times[:oldest]
             del self._values[:oldest]
             self._heads = [head - oldest for head in self._heads]

@@ -310,7 +310,9 @@ class OnlineVolatilityFamily:
             and 0.0 < close < math.inf
             and previous < math.inf
         ):
-            log_return = math.log(close / previous)
+            # numpy's logarithm, not `math.log`: the restore derives these values again from
+            # the lake in one vectorised call, which must give them back bit for bit.
+            log_return = float(np.log(close / previous))
             self._sums.add(close_time, log_return * log_return)
         self._previous_close_time, self._previous_close = close_time, close
         self._seen_until = close_time
@@ -459,8 +461,9 @@ def _squared_returns(
 ) -> tuple[IntArray, FloatArray]:
     """`(close_time_i, r_i^2)` of every bar whose return exists, with the online arithmetic, so
     the values equal those `update` added bit for bit: the ratio and the square are single IEEE
-    operations (correctly rounded, in numpy as in Python), the logarithm is `math.log` itself,
-    not numpy's (whose vectorised kernels may differ in the last bit)."""
+    operations (correctly rounded, in numpy as in Python), and the logarithm is numpy's in both
+    (`update` calls it on one value: the same kernel as on an array, whereas `math.log` differs
+    from it in the last bit of a few percent of values)."""
     close_time = np.asarray(close_time, dtype=np.int64)
     close = np.asarray(close, dtype=np.float64)
     if len(close) < 2:
@@ -469,8 +472,7 @@ def _squared_returns(
     with np.errstate(invalid="ignore"):
         valid = (np.diff(close_time) == base_ms) & (previous > 0.0) & (current > 0.0)
         valid &= (current < math.inf) & (previous < math.inf)
-    ratios = (current[valid] / previous[valid]).tolist()
-    logs = np.fromiter(map(math.log, ratios), dtype=np.float64, count=len(ratios))
+    logs = np.log(current[valid] / previous[valid])
     return close_time[1:][valid], logs * logs
 
 

@@ -41,6 +41,7 @@ from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.observability.tracing import TracedSignal
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.memory import release_free_memory
 from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
@@ -148,8 +149,15 @@ class SeriesWorker:
 
         Engine families whose saved state does not fit the active bundle (another version of the
         family, or a checkpoint written under other state parameters, e.g. another `atr_period`)
-        are rebuilt from the lake's bars up to the checkpoint.
+        are rebuilt from the lake's bars up to the checkpoint. The memory the lake's bars took
+        while they were read goes back to the system (`service/memory.py`).
         """
+        try:
+            return self._restore(bundle)
+        finally:
+            release_free_memory()
+
+    def _restore(self, bundle: ConfigBundle | None) -> str:
         if bundle is not None and bundle != self.bundle:
             self.bundle = bundle
             self._fresh_state()
@@ -194,7 +202,7 @@ class SeriesWorker:
         # the closes of all of it, whole bars of the tail the w-bar families need.
         start = warmup_start_of(last + 1, self.engine.windows, self.bundle)
         tail_start = max(start, self.engine.warm_up_tail_start(last))
-        tail = self.lake.read(symbol, from_open_time=tail_start, to_close_time=last)
+        tail = self.lake.read_span(symbol, tail_start, last)
         # Base intervals divide a day and the tail starts on one: no bar straddles its start.
         early_time, early = self.lake.read_closes(symbol, start, to_close_time=tail_start - 1)
         closes = CloseHistory(
