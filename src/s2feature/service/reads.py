@@ -8,8 +8,13 @@ applied. So every read of new entries is followed by one `XPENDING` for this con
 last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
 not block); anything there is processed first, in stream order.
 
-On a standalone server the service does not wait for Redis twice per batch (`streams/ahead.py`):
-each stream's read is sent before the previous stream's batch is processed.
+On a standalone server one round reads every owned stream with one non-blocking `XREADGROUP`
+(which returns only the streams with new entries) and checks them for lost replies with one
+pipeline of `XPENDING`s: two round trips a round, however many streams, where a read of each
+stream in turn paid a round trip per stream even when it was empty. The round's batches are then
+committed together (`Service._process_round`). A single stream, or a cluster (which cannot
+serve a read across slots), is read stream by stream; there each stream's read is sent before
+the previous stream's batch is processed (`streams/ahead.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from s2feature.service.retry import Backoff
 from s2feature.service.worker import SeriesWorker
 from s2feature.streams.ahead import ReadAhead, sends_ahead
 from s2feature.streams.client import AnyRedis, is_retryable
-from s2feature.streams.redis_io import Entry, read_new_of_any
+from s2feature.streams.redis_io import Entry, first_pending_after, lost_before, read_new_of_any
 
 log = logging.getLogger("s2feature.service")
 
@@ -39,6 +44,8 @@ CLUSTER_IDLE_BLOCK_MS: Final = 20
 
 # (worker, entries, delivery counts or None for new entries) -> None
 Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
+# [(worker, new entries)] of distinct streams -> None
+ProcessRound = Callable[[list[tuple[SeriesWorker, list[Entry]]]], None]
 
 
 def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
@@ -67,6 +74,7 @@ class Reader:
         backoff: Backoff,
         ownership: Ownership,
         process: Process,
+        process_round: ProcessRound,
         stop: threading.Event,
     ) -> None:
         self.client = client
@@ -76,6 +84,7 @@ class Reader:
         self.backoff = backoff
         self.ownership = ownership
         self.process = process
+        self.process_round = process_round
         self.stop = stop
 
     def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
@@ -103,8 +112,11 @@ class Reader:
         return handled
 
     def consume_all(self, owned: list[SeriesWorker]) -> int:
-        """One batch of new entries of every owned stream, in turn. Each stream's read is sent
-        before the previous stream's batch is processed, so Redis prepares it meanwhile."""
+        """One batch of new entries of every owned stream: one round read on a standalone
+        server (`_read_round`), else in turn, each stream's read sent before the previous
+        stream's batch is processed, so Redis prepares it meanwhile."""
+        if len(owned) > 1 and sends_ahead(self.client):
+            return self._apply_round(owned, self._read_round(owned, None))
         handled = 0
         ahead = self._read_ahead(owned[0]) if owned else None
         try:
@@ -133,21 +145,71 @@ class Reader:
         if isinstance(client, RedisCluster) or len(owned) == 1:
             wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
+        return self._apply_round(owned, self._read_round(owned, block_ms))
+
+    def _read_round(
+        self, owned: list[SeriesWorker], block_ms: int | None
+    ) -> dict[str, list[Entry]]:
+        """New entries of the owned streams of a standalone server, by stream key (only those
+        with some): one `XREADGROUP` over all of them, blocking up to `block_ms` (None: not)."""
         keys = [w.io.key for w in owned]
         started = time.perf_counter()
         for worker in owned:
             worker.read_started = started
-        read = partial(
-            read_new_of_any, client, self.group, self.consumer, keys, self.batch_size, block_ms
-        )
-        batches = self.backoff.call("read", read)
-        handled = 0
+        read = partial(self._read_of_any, owned, keys, block_ms)
+        batches: dict[str, list[Entry]] = self.backoff.call("read", read)
+        return batches
+
+    def _read_of_any(
+        self, owned: list[SeriesWorker], keys: list[str], block_ms: int | None
+    ) -> dict[str, list[Entry]]:
+        """`read_new_of_any`, noting its outcome on every stream it read (health reporting)."""
+        try:
+            batches = read_new_of_any(
+                self.client,  # type: ignore[arg-type]  # a standalone server's (sends_ahead)
+                self.group,
+                self.consumer,
+                keys,
+                self.batch_size,
+                block_ms,
+            )
+        except Exception as exc:
+            for worker in owned:
+                worker.io.read_failed(exc)
+            raise
         for worker in owned:
-            entries = batches.get(worker.io.key)
-            if entries:
-                lost = self._lost_before(worker, entries)
-                step = partial(self._apply_new, worker, entries, lost)
-                handled += self.ownership.guarded(worker, step)
+            if worker.io.read_failure is not None:
+                worker.io.read_succeeded()
+        return batches
+
+    def _apply_round(self, owned: list[SeriesWorker], batches: dict[str, list[Entry]]) -> int:
+        """Process a round of new entries (`batches`, by stream key) of the owned streams.
+
+        One pipeline checks every stream that has entries for lost replies; a stream where
+        entries were lost is drained from its pending list first, on its own. The others'
+        batches go to `process_round` together, each stream still owned once the drains are
+        done. Returns how many entries were read."""
+        ready = [w for w in owned if batches.get(w.io.key)]
+        if not ready:
+            return 0
+        checks = [(w.io, applied_id(w)) for w in ready]
+        firsts = self.backoff.call(
+            "check pending", partial(first_pending_after, self.client, checks)
+        )
+        handled, fresh = 0, []
+        for worker, first_pending in zip(ready, firsts, strict=True):
+            entries = batches[worker.io.key]
+            if lost_before(entries, first_pending):
+                handled += self.ownership.guarded(
+                    worker, partial(self._apply_new, worker, entries, True)
+                )
+            else:
+                fresh.append((worker, entries))
+        owned_now = self.ownership.owned
+        round_batches = [(w, entries) for w, entries in fresh if w.io.key in owned_now]
+        if round_batches:
+            self.process_round(round_batches)
+            handled += sum(len(entries) for _, entries in round_batches)
         return handled
 
     def _consume_new(self, worker: SeriesWorker, ahead: ReadAhead | None = None) -> int:

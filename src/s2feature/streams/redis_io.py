@@ -214,11 +214,18 @@ class StreamIO:
         try:
             result = read()
         except Exception as exc:
-            since = time.monotonic() if self.read_failure is None else self.read_failure.since
-            self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
+            self.read_failed(exc)
             raise
-        self.read_failure, self.last_read_at = None, time.monotonic()
+        self.read_succeeded()
         return result
+
+    def read_failed(self, exc: Exception) -> None:
+        """A read of this stream (alone or with others) failed: for health reporting."""
+        since = time.monotonic() if self.read_failure is None else self.read_failure.since
+        self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
+
+    def read_succeeded(self) -> None:
+        self.read_failure, self.last_read_at = None, time.monotonic()
 
     def node(self) -> str:
         """`host:port` of the node this stream's reads go to, as the client's map has it."""
@@ -414,14 +421,35 @@ class StreamIO:
 
 
 def read_new_of_any(
-    client: redis.Redis, group: str, consumer: str, keys: Sequence[str], count: int, block_ms: int
+    client: redis.Redis,
+    group: str,
+    consumer: str,
+    keys: Sequence[str],
+    count: int,
+    block_ms: int | None,
 ) -> dict[str, list[Entry]]:
-    """One blocking `XREADGROUP` over several streams of one standalone server: returns as soon
-    as any of them has new entries (at most `count` per stream), keyed by stream."""
+    """One `XREADGROUP` over several streams of one standalone server, keyed by stream (only
+    those with new entries, at most `count` each): blocking until any of them has some, or
+    (`block_ms` None) at once."""
     reply: Any = client.xreadgroup(
         group, consumer, dict.fromkeys(keys, ">"), count=count, block=block_ms
     )
     return _entries_by_stream(reply)
+
+
+def first_pending_after(
+    client: AnyRedis, checks: Sequence[tuple[StreamIO, str]]
+) -> list[str | None]:
+    """For each (stream, applied ID): the first entry after that ID this consumer holds
+    pending (None when none), all in one pipeline: the lost-reply checks of a round of reads
+    (`lost_before`)."""
+    pipe = client.pipeline(transaction=False)
+    for io, applied_id in checks:
+        pipe.xpending_range(
+            io.key, io.group, min=f"({applied_id}", max="+", count=1, consumername=io.consumer
+        )
+    replies: Any = pipe.execute()
+    return [_decode(rows[0]["message_id"]) if rows else None for rows in replies]
 
 
 def _entries_by_stream(reply: Any) -> dict[str, list[Entry]]:
