@@ -20,7 +20,7 @@ from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.ahead import PublishAhead, PublishRound, ReadAhead
 from s2feature.streams.keys import events_key, last_key
-from s2feature.streams.redis_io import StreamIO
+from s2feature.streams.redis_io import RoundRead, StreamIO
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 
@@ -168,14 +168,31 @@ class ResendsEveryThirdRoundRead:
         return batches
 
 
+class ResendsEveryThirdCheckedRoundRead(RoundRead):
+    """`RoundRead` (the checked round read) whose reply is lost every third time and the
+    script silently sent again."""
+
+    reads = 0
+    lost_entries = 0
+
+    def __call__(self, keys: Any, applied_ids: Any) -> dict[str, Any]:
+        batches = super().__call__(keys, applied_ids)
+        type(self).reads += 1
+        if type(self).reads % 3 == 0 and batches:
+            type(self).lost_entries += sum(len(entries) for entries, _ in batches.values())
+            batches = super().__call__(keys, applied_ids)
+        return batches
+
+
 def test_a_service_whose_round_reads_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resends = ResendsEveryThirdRoundRead()
-    monkeypatch.setattr(reads, "read_new_of_any", resends)
+    monkeypatch.setattr(reads, "read_new_of_any", resends)  # the idle wait's read
+    monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdCheckedRoundRead)
     other = SeriesId("binance", "fut", "ETHUSDT")
     run_over_streams(redis_server, tmp_path, (SERIES, other))
-    assert resends.lost_entries > 0  # the fault really swallowed entries
+    assert ResendsEveryThirdCheckedRoundRead.lost_entries > 0  # the fault swallowed entries
 
 
 # -- emits sent ahead ----------------------------------------------------------------------

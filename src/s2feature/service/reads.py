@@ -8,13 +8,14 @@ applied. So every read of new entries is followed by one `XPENDING` for this con
 last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
 not block); anything there is processed first, in stream order.
 
-On a standalone server one round reads every owned stream with one non-blocking `XREADGROUP`
-(which returns only the streams with new entries) and checks them for lost replies with one
-pipeline of `XPENDING`s: two round trips a round, however many streams, where a read of each
-stream in turn paid a round trip per stream even when it was empty. The round's batches are then
-committed together (`Service._process_round`). A single stream, or a cluster (which cannot
-serve a read across slots), is read stream by stream; there each stream's read is sent before
-the previous stream's batch is processed (`streams/ahead.py`).
+On a standalone server one round reads every owned stream in one round trip, however many
+streams there are, where a read of each stream in turn paid a round trip per stream even when it
+was empty: a script runs one non-blocking `XREADGROUP` over all of them and the `XPENDING` of
+each stream it returned entries of (`redis_io.RoundRead`). The idle wait is one blocking
+`XREADGROUP` over all of them, followed by one pipeline of those `XPENDING`s. The round's batches
+are then committed together (`Service._process_round`). A single stream, or a cluster (which
+cannot serve a read across slots), is read stream by stream; there each stream's read is sent
+before the previous stream's batch is processed (`streams/ahead.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -34,13 +35,21 @@ from s2feature.service.retry import Backoff
 from s2feature.service.worker import SeriesWorker
 from s2feature.streams.ahead import ReadAhead, sends_ahead
 from s2feature.streams.client import AnyRedis, is_retryable
-from s2feature.streams.redis_io import Entry, first_pending_after, lost_before, read_new_of_any
+from s2feature.streams.redis_io import (
+    CheckedRead,
+    Entry,
+    RoundRead,
+    first_pending_after,
+    lost_before,
+    read_new_of_any,
+)
 
 log = logging.getLogger("s2feature.service")
 
 # The longest an entry of a cluster instance's other streams waits while the service blocks on
 # its first one: 50 idle reads a second, nothing for Redis, against up to S2_BLOCK_MS of latency.
 CLUSTER_IDLE_BLOCK_MS: Final = 20
+T = TypeVar("T")
 
 # (worker, entries, delivery counts or None for new entries) -> None
 Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
@@ -85,6 +94,7 @@ class Reader:
         self.ownership = ownership
         self.process = process
         self.process_round = process_round
+        self._round_read: RoundRead | None = None  # made on the first round read
         self.stop = stop
 
     def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
@@ -112,11 +122,11 @@ class Reader:
         return handled
 
     def consume_all(self, owned: list[SeriesWorker]) -> int:
-        """One batch of new entries of every owned stream: one round read on a standalone
-        server (`_read_round`), else in turn, each stream's read sent before the previous
-        stream's batch is processed, so Redis prepares it meanwhile."""
+        """One batch of new entries of every owned stream: one checked round read on a
+        standalone server (`_read_round_checked`), else in turn, each stream's read sent before
+        the previous stream's batch is processed, so Redis prepares it meanwhile."""
         if len(owned) > 1 and sends_ahead(self.client):
-            return self._apply_round(owned, self._read_round(owned, None))
+            return self._apply_round(owned, self._read_round_checked(owned))
         handled = 0
         ahead = self._read_ahead(owned[0]) if owned else None
         try:
@@ -138,41 +148,69 @@ class Reader:
         """Nothing anywhere: block until some owned stream has new entries, and process them.
 
         On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
-        wakes the service at once. A cluster cannot serve a read across slots: there the wait is
-        on the first stream only, kept short when there are others (`idle_block_ms`).
+        wakes the service at once; one pipeline of `XPENDING`s then checks the streams it
+        returned for lost replies. A cluster cannot serve a read across slots: there the wait
+        is on the first stream only, kept short when there are others (`idle_block_ms`).
         """
         client = self.client
         if isinstance(client, RedisCluster) or len(owned) == 1:
             wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
-        return self._apply_round(owned, self._read_round(owned, block_ms))
-
-    def _read_round(
-        self, owned: list[SeriesWorker], block_ms: int | None
-    ) -> dict[str, list[Entry]]:
-        """New entries of the owned streams of a standalone server, by stream key (only those
-        with some): one `XREADGROUP` over all of them, blocking up to `block_ms` (None: not)."""
         keys = [w.io.key for w in owned]
+        self._stamp_reads(owned)
+        read = partial(
+            read_new_of_any,
+            client,  # a standalone server's: not a cluster's
+            self.group,
+            self.consumer,
+            keys,
+            self.batch_size,
+            block_ms,
+        )
+        batches: dict[str, list[Entry]] = self.backoff.call(
+            "read", partial(self._noting_reads, owned, read)
+        )
+        return self._apply_round(owned, self._checked(owned, batches))
+
+    def _checked(
+        self, owned: list[SeriesWorker], batches: dict[str, list[Entry]]
+    ) -> dict[str, CheckedRead]:
+        """The lost-reply verdicts of a round read's batches: one pipeline of `XPENDING`s."""
+        ready = [w for w in owned if batches.get(w.io.key)]
+        if not ready:
+            return {}
+        checks = [(w.io, applied_id(w)) for w in ready]
+        check = partial(first_pending_after, self.client, checks)
+        firsts = self.backoff.call("check pending", check)
+        return {
+            w.io.key: (batches[w.io.key], lost_before(batches[w.io.key], first))
+            for w, first in zip(ready, firsts, strict=True)
+        }
+
+    def _read_round_checked(self, owned: list[SeriesWorker]) -> dict[str, CheckedRead]:
+        """New entries of the owned streams of a standalone server and their lost-reply
+        verdicts, by stream key (only streams with some), without blocking: one round trip."""
+        if self._round_read is None:
+            client: Any = self.client
+            self._round_read = RoundRead(client, self.group, self.consumer, self.batch_size)
+        keys = [w.io.key for w in owned]
+        applied = [applied_id(w) for w in owned]
+        self._stamp_reads(owned)
+        read = partial(self._noting_reads, owned, partial(self._round_read, keys, applied))
+        batches: dict[str, CheckedRead] = self.backoff.call("read", read)
+        return batches
+
+    @staticmethod
+    def _stamp_reads(owned: list[SeriesWorker]) -> None:
         started = time.perf_counter()
         for worker in owned:
             worker.read_started = started
-        read = partial(self._read_of_any, owned, keys, block_ms)
-        batches: dict[str, list[Entry]] = self.backoff.call("read", read)
-        return batches
 
-    def _read_of_any(
-        self, owned: list[SeriesWorker], keys: list[str], block_ms: int | None
-    ) -> dict[str, list[Entry]]:
-        """`read_new_of_any`, noting its outcome on every stream it read (health reporting)."""
+    @staticmethod
+    def _noting_reads(owned: list[SeriesWorker], read: Callable[[], T]) -> T:
+        """Run a read of several streams, noting its outcome on each (health reporting)."""
         try:
-            batches = read_new_of_any(
-                self.client,  # type: ignore[arg-type]  # a standalone server's (sends_ahead)
-                self.group,
-                self.consumer,
-                keys,
-                self.batch_size,
-                block_ms,
-            )
+            result = read()
         except Exception as exc:
             for worker in owned:
                 worker.io.read_failed(exc)
@@ -180,29 +218,24 @@ class Reader:
         for worker in owned:
             if worker.io.read_failure is not None:
                 worker.io.read_succeeded()
-        return batches
+        return result
 
-    def _apply_round(self, owned: list[SeriesWorker], batches: dict[str, list[Entry]]) -> int:
-        """Process a round of new entries (`batches`, by stream key) of the owned streams.
+    def _apply_round(self, owned: list[SeriesWorker], batches: dict[str, CheckedRead]) -> int:
+        """Process a round of new entries of the owned streams (`batches`, by stream key, with
+        their lost-reply verdicts).
 
-        One pipeline checks every stream that has entries for lost replies; a stream where
-        entries were lost is drained from its pending list first, on its own. The others'
-        batches go to `process_round` together, each stream still owned once the drains are
-        done. Returns how many entries were read."""
-        ready = [w for w in owned if batches.get(w.io.key)]
-        if not ready:
-            return 0
-        checks = [(w.io, applied_id(w)) for w in ready]
-        firsts = self.backoff.call(
-            "check pending", partial(first_pending_after, self.client, checks)
-        )
+        A stream where entries were lost is drained from its pending list first, on its own.
+        The others' batches go to `process_round` together, each stream still owned once the
+        drains are done. Returns how many entries were read."""
         handled, fresh = 0, []
-        for worker, first_pending in zip(ready, firsts, strict=True):
-            entries = batches[worker.io.key]
-            if lost_before(entries, first_pending):
-                handled += self.ownership.guarded(
-                    worker, partial(self._apply_new, worker, entries, True)
-                )
+        for worker in owned:
+            read = batches.get(worker.io.key)
+            if read is None or not read[0]:
+                continue
+            entries, lost = read
+            if lost:
+                step = partial(self._apply_new, worker, entries, True)
+                handled += self.ownership.guarded(worker, step)
             else:
                 fresh.append((worker, entries))
         owned_now = self.ownership.owned
