@@ -511,6 +511,17 @@ class SeriesWorker:
             self._unsettled[1].discard()
         self._unsettled = None
 
+    def _last_due(self, now: float) -> float:
+        """The latest time at or before `now` on this symbol's checkpoint schedule (its phase
+        and the interval): a checkpoint made late does not move the next one. Otherwise the
+        symbols' phases would be lost after the first round, which finds them all overdue
+        once a hundred states are restored, and every symbol would checkpoint in the same
+        round from then on: a stall of hundreds of milliseconds every interval."""
+        interval = self._checkpoint_s
+        if interval <= 0 or now < self._flushed_at:
+            return now
+        return self._flushed_at + ((now - self._flushed_at) // interval) * interval
+
     def flush(self, force: bool = False) -> int:
         """Checkpoint (when the state moved) and ack every committed entry, if due or forced.
         Returns the number of entries acked."""
@@ -531,7 +542,8 @@ class SeriesWorker:
             checkpoint_bytes = self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
         self.io.ack(self._unacked)
         acked = len(self._unacked)
-        self._unacked, self._unsaved_id, self._flushed_at = [], None, now
+        self._unacked, self._unsaved_id = [], None
+        self._flushed_at = self._last_due(now)
         self.observer.flushed(acked, time.perf_counter() - started, checkpoint_bytes)
         return acked
 
