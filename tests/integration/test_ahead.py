@@ -175,12 +175,12 @@ class ResendsEveryThirdCheckedRoundRead(RoundRead):
     reads = 0
     lost_entries = 0
 
-    def __call__(self, keys: Any, applied_ids: Any) -> dict[str, Any]:
-        batches = super().__call__(keys, applied_ids)
+    def __call__(self, keys: Any, applied_ids: Any, count: int) -> dict[str, Any]:
+        batches = super().__call__(keys, applied_ids, count)
         type(self).reads += 1
         if type(self).reads % 3 == 0 and batches:
             type(self).lost_entries += sum(len(entries) for entries, _ in batches.values())
-            batches = super().__call__(keys, applied_ids)
+            batches = super().__call__(keys, applied_ids, count)
         return batches
 
 

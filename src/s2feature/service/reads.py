@@ -51,6 +51,11 @@ log = logging.getLogger("s2feature.service")
 CLUSTER_IDLE_BLOCK_MS: Final = 20
 T = TypeVar("T")
 
+# The most entries a round reads (over all its streams): a backlog of a hundred streams read 200
+# entries each held about 60 MB more at once than stream by stream (the cold start of
+# `benches/venue_bench.py`); a few thousand entries a round already spread its fixed costs thin.
+ROUND_MAX_ENTRIES: Final = 4_000
+
 # (worker, entries, delivery counts or None for new entries) -> None
 Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
 # [(worker, new entries)] of distinct streams -> None
@@ -63,6 +68,12 @@ def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
     if cluster and n_streams > 1:
         return min(block_ms, CLUSTER_IDLE_BLOCK_MS)
     return block_ms
+
+
+def round_count(batch_size: int, n_streams: int) -> int:
+    """Entries read per stream in a round of `n_streams`: the batch size, less when the round
+    would exceed `ROUND_MAX_ENTRIES` (never under 10)."""
+    return max(10, min(batch_size, ROUND_MAX_ENTRIES // max(1, n_streams)))
 
 
 def applied_id(worker: SeriesWorker) -> str:
@@ -164,7 +175,7 @@ class Reader:
             self.group,
             self.consumer,
             keys,
-            self.batch_size,
+            round_count(self.batch_size, len(keys)),
             block_ms,
         )
         batches: dict[str, list[Entry]] = self.backoff.call(
@@ -192,11 +203,12 @@ class Reader:
         verdicts, by stream key (only streams with some), without blocking: one round trip."""
         if self._round_read is None:
             client: Any = self.client
-            self._round_read = RoundRead(client, self.group, self.consumer, self.batch_size)
+            self._round_read = RoundRead(client, self.group, self.consumer)
         keys = [w.io.key for w in owned]
         applied = [applied_id(w) for w in owned]
+        count = round_count(self.batch_size, len(keys))
         self._stamp_reads(owned)
-        read = partial(self._noting_reads, owned, partial(self._round_read, keys, applied))
+        read = partial(self._noting_reads, owned, partial(self._round_read, keys, applied, count))
         batches: dict[str, CheckedRead] = self.backoff.call("read", read)
         return batches
 

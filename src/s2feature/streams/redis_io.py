@@ -477,14 +477,17 @@ class RoundRead:
     round trip (a script: `_READ_ROUND`). Like every read through the client, a lost reply is
     sent again silently; the script sent again then finds what the lost one delivered."""
 
-    def __init__(self, client: redis.Redis, group: str, consumer: str, count: int) -> None:
+    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
         self._script = client.register_script(_READ_ROUND)
-        self._args: list[Any] = [group, consumer, count]
+        self._group, self._consumer = group, consumer
 
-    def __call__(self, keys: Sequence[str], applied_ids: Sequence[str]) -> dict[str, CheckedRead]:
-        """By stream key, for the streams with new entries only: the entries, and whether
-        entries delivered by a lost reply precede them."""
-        reply: Any = self._script(keys=keys, args=[*self._args, *applied_ids])
+    def __call__(
+        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
+    ) -> dict[str, CheckedRead]:
+        """By stream key, for the streams with new entries only: the entries (at most `count`
+        each), and whether entries delivered by a lost reply precede them."""
+        args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
+        reply: Any = self._script(keys=keys, args=args)
         out: dict[str, CheckedRead] = {}
         for key, rows, first_pending in reply:
             entries: list[Entry] = []
