@@ -72,8 +72,8 @@ def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
 
 def round_count(batch_size: int, n_streams: int) -> int:
     """Entries read per stream in a round of `n_streams`: the batch size, less when the round
-    would exceed `ROUND_MAX_ENTRIES` (never under 10)."""
-    return max(10, min(batch_size, ROUND_MAX_ENTRIES // max(1, n_streams)))
+    would exceed `ROUND_MAX_ENTRIES` (but not under 10 when the batch size is more)."""
+    return min(batch_size, max(10, ROUND_MAX_ENTRIES // max(1, n_streams)))
 
 
 def applied_id(worker: SeriesWorker) -> str:
