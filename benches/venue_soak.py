@@ -8,11 +8,14 @@ Entries are generated a few bars at a time, so the producer's own memory stays f
 Latency: the stamp when a blocking XREAD returns a `feat:events` entry, minus the stamp taken
 just before the XADD of the entry that finalised its bar (the first entry of the next bar).
 RSS: the service's VmRSS every few seconds; growth is measured from the end of minute one.
+Throughput: the entries the consumer group had read when the producer stopped, against those
+sent, and the service's batches (from its `stopped` log line, at INFO).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import shutil
@@ -106,13 +109,36 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def entries_read(admin: Any, keys: list[str]) -> int:
+    """Entries the consumer group has read from the streams (delivered to the service)."""
+    total = 0
+    for key in keys:
+        groups: Any = admin.xinfo_groups(key)
+        total += sum(int(group.get("entries-read") or 0) for group in groups)
+    return total
+
+
+def stopped_batches(log_path: Path) -> int | None:
+    """The batch count of the service's `stopped` log line (None without it: below INFO)."""
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        if '"event": "stopped"' in line:
+            return int(json.loads(line)["batches"])
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="entries per second")
     parser.add_argument("--days", type=int, default=31)
-    parser.add_argument("--log-level", default="WARNING", help="the service's S2_LOG_LEVEL")
+    parser.add_argument("--log-level", default="INFO", help="the service's S2_LOG_LEVEL")
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "s2feature-venue-bench"
     )
@@ -172,8 +198,10 @@ def main() -> None:
         rss: list[tuple[float, float]] = []
         client = server.client()
         started = time.perf_counter()
+        cpu_at_start = cpu_s(process.pid)
         duration = args.minutes * 60
         next_sample = 0.0
+        sent_count = 0
         try:
             for i, (index, key, fields, opens) in enumerate(entries_in_time_order(venue, bars)):
                 due = started + i / args.rate
@@ -186,9 +214,15 @@ def main() -> None:
                 if opens is not None:
                     sent_at[(index, opens)] = now
                 client.xadd(key, fields)  # type: ignore[arg-type]
+                sent_count += 1
                 if now - started >= next_sample:
                     rss.append((now - started, rss_mb(process.pid)))
                     next_sample += 5.0
+            sending_s = time.perf_counter() - started
+            service_cpu_s = cpu_s(process.pid) - cpu_at_start
+            read_by_then = entries_read(
+                admin, keys=[venue.series(i).stream_key for i in range(venue.symbols)]
+            )
             time.sleep(2.0)
             rss.append((time.perf_counter() - started, rss_mb(process.pid)))
         finally:
@@ -206,6 +240,17 @@ def main() -> None:
         if sent is not None:
             latencies.append((arrived - sent) * 1e3)
     print(f"soak: {args.minutes:g} min at {args.rate:,.0f} entries/s over {args.symbols} symbols")
+    print(
+        f"  {sent_count:,} entries sent in {sending_s:.1f} s ({sent_count / sending_s:,.0f}/s); "
+        f"{read_by_then:,} read by the service by then ({read_by_then / sent_count:.1%})"
+    )
+    print(
+        f"  service CPU while sending: {service_cpu_s:.1f} s "
+        f"({service_cpu_s / sending_s:.0%} of one core)"
+    )
+    batches = stopped_batches(args.workdir / "soak-service.log")
+    if batches is not None:
+        print(f"  {batches:,} batches ({batches / sending_s:,.0f}/s over the sending time)")
     print(f"  {len(arrivals):,} emits, {len(latencies):,} matched to the entry that finalised them")
     print("  RSS curve (s, MB):")
     for minute in range(int(args.minutes) + 1):

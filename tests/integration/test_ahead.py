@@ -18,9 +18,9 @@ from s2feature.service import worker as worker_module
 from s2feature.service.runner import Service
 from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
-from s2feature.streams.ahead import PublishAhead, ReadAhead
+from s2feature.streams.ahead import PublishAhead, PublishRound, ReadAhead
 from s2feature.streams.keys import events_key, last_key
-from s2feature.streams.redis_io import StreamIO
+from s2feature.streams.redis_io import RoundRead, StreamIO
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 
@@ -115,27 +115,84 @@ class LosesEveryThirdReply(ReadAhead):
         return entries, lost
 
 
-def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
-    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(reads, "ReadAhead", LosesEveryThirdReply)
-    other = SeriesId("binance", "fut", "ETHUSDT")
+def run_over_streams(
+    redis_server: RedisServer, tmp_path: Path, series_list: tuple[SeriesId, ...], n_bars: int = 700
+) -> Service:
+    """A service over a backlog of `n_bars` bars of each series; asserts every entry was
+    processed and emitted once, in order."""
     client = redis_server.client()
     inputs = {}
-    for index, series in enumerate((SERIES, other)):
-        bars = checks.input_bars(series, 700, seed=40 + index)
+    for index, series in enumerate(series_list):
+        bars = checks.input_bars(series, n_bars, seed=40 + index)
         entries = checks.input_entries(series, bars, seed=40 + index)
         checks.add_entries(client, series, entries)
         inputs[series] = (bars, entries)
-    env = service_env(redis_server, tmp_path, "binance:fut:BTCUSDT,binance:fut:ETHUSDT")
+    names = ",".join(f"{s.venue}:{s.market}:{s.symbol}" for s in series_list)
+    env = service_env(redis_server, tmp_path, names)
     settings = load_settings(env)
     store = SqliteStore(tmp_path / "s2.db")
     service = Service(settings, redis_server.client(), store, BarLake(tmp_path / "lake"))
     service.run(idle_exit_s=0.3)
     store.close()
-    assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
     for series, (bars, entries) in inputs.items():
         checks.assert_run_complete(client, series, env, bars, entries)
+    return service
+
+
+def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One stream: read stream by stream, the next read sent ahead (several streams of a
+    # standalone server are read in rounds, below).
+    monkeypatch.setattr(reads, "ReadAhead", LosesEveryThirdReply)
+    run_over_streams(redis_server, tmp_path, (SERIES,))
+    assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
+
+
+class ResendsEveryThirdRoundRead:
+    """`read_new_of_any` whose reply is lost every third time and the read silently sent
+    again, as redis-py does after a socket timeout: the first read's entries are delivered
+    to the consumer but never seen, the second returns the entries after them."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.lost_entries = 0
+        self.read = reads.read_new_of_any
+
+    def __call__(self, *args: Any) -> dict[str, list[Any]]:
+        batches = self.read(*args)
+        self.reads += 1
+        if self.reads % 3 == 0 and batches:
+            self.lost_entries += sum(len(entries) for entries in batches.values())
+            batches = self.read(*args)
+        return batches
+
+
+class ResendsEveryThirdCheckedRoundRead(RoundRead):
+    """`RoundRead` (the checked round read) whose reply is lost every third time and the
+    script silently sent again."""
+
+    reads = 0
+    lost_entries = 0
+
+    def __call__(self, keys: Any, applied_ids: Any, count: int) -> dict[str, Any]:
+        batches = super().__call__(keys, applied_ids, count)
+        type(self).reads += 1
+        if type(self).reads % 3 == 0 and batches:
+            type(self).lost_entries += sum(len(entries) for entries, _ in batches.values())
+            batches = super().__call__(keys, applied_ids, count)
+        return batches
+
+
+def test_a_service_whose_round_reads_lose_replies_processes_every_entry_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resends = ResendsEveryThirdRoundRead()
+    monkeypatch.setattr(reads, "read_new_of_any", resends)  # the idle wait's read
+    monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdCheckedRoundRead)
+    other = SeriesId("binance", "fut", "ETHUSDT")
+    run_over_streams(redis_server, tmp_path, (SERIES, other))
+    assert ResendsEveryThirdCheckedRoundRead.lost_entries > 0  # the fault swallowed entries
 
 
 # -- emits sent ahead ----------------------------------------------------------------------
@@ -192,3 +249,35 @@ def test_a_service_whose_emit_replies_are_lost_emits_everything_once(
     checks.assert_run_complete(client, SERIES, env, bars, entries)  # each emit once, in order
     # Emits whose reply was lost are counted as replays by the retry: never more than landed.
     assert 0 < service.emitted <= client.xlen(events_key(SERIES.symbol))
+
+
+class LosesEveryThirdRoundReply(PublishRound):
+    """A round of emit scripts whose replies are lost after Redis ran them, every third
+    round."""
+
+    rounds = 0
+    lost = 0
+
+    def __init__(self, requests: Any) -> None:
+        super().__init__(requests)
+        type(self).rounds += 1
+        self.loses = type(self).rounds % 3 == 0
+
+    def result_of(self, index: int) -> int:
+        new = super().result_of(index)
+        if self.loses:
+            type(self).lost += 1
+            raise redis.ConnectionError("Connection closed by server (injected)")
+        return new
+
+
+def test_a_service_whose_round_emit_replies_are_lost_emits_everything_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "PublishRound", LosesEveryThirdRoundReply)
+    other = SeriesId("binance", "fut", "ETHUSDT")
+    service = run_over_streams(redis_server, tmp_path, (SERIES, other), n_bars=1600)
+    assert LosesEveryThirdRoundReply.lost > 0
+    client = redis_server.client()
+    landed = sum(client.xlen(events_key(s.symbol)) for s in (SERIES, other))
+    assert 0 < service.emitted <= landed

@@ -11,13 +11,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import redis
 from redis.exceptions import RedisClusterException
 
 from s2feature.service.retry import Backoff
 from s2feature.service.worker import SeriesWorker
-from s2feature.streams.lease import LeaseLost
+from s2feature.streams.lease import LeaseLost, renew_all
 
 log = logging.getLogger("s2feature.service")
 
@@ -82,8 +83,10 @@ class Ownership:
         return True
 
     def renew_owned(self) -> None:
-        for worker in self.owned_workers():
-            if not self.backoff.call("renew lease", worker.io.lease.renew):
+        owned = self.owned_workers()
+        renew = partial(renew_all, [worker.io.lease for worker in owned])
+        for worker, kept in zip(owned, self.backoff.call("renew lease", renew), strict=True):
+            if not kept:
                 self.lose(worker, "its lease expired or was taken")
 
     def lose(self, worker: SeriesWorker, why: str) -> None:

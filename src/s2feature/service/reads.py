@@ -8,8 +8,14 @@ applied. So every read of new entries is followed by one `XPENDING` for this con
 last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
 not block); anything there is processed first, in stream order.
 
-On a standalone server the service does not wait for Redis twice per batch (`streams/ahead.py`):
-each stream's read is sent before the previous stream's batch is processed.
+On a standalone server one round reads every owned stream in one round trip, however many
+streams there are, where a read of each stream in turn paid a round trip per stream even when it
+was empty: a script runs one non-blocking `XREADGROUP` over all of them and the `XPENDING` of
+each stream it returned entries of (`redis_io.RoundRead`). The idle wait is one blocking
+`XREADGROUP` over all of them, followed by one pipeline of those `XPENDING`s. The round's batches
+are then committed together (`Service._process_round`). A single stream, or a cluster (which
+cannot serve a read across slots), is read stream by stream; there each stream's read is sent
+before the previous stream's batch is processed (`streams/ahead.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -29,16 +35,31 @@ from s2feature.service.retry import Backoff
 from s2feature.service.worker import SeriesWorker
 from s2feature.streams.ahead import ReadAhead, sends_ahead
 from s2feature.streams.client import AnyRedis, is_retryable
-from s2feature.streams.redis_io import Entry, read_new_of_any
+from s2feature.streams.redis_io import (
+    CheckedRead,
+    Entry,
+    RoundRead,
+    first_pending_after,
+    lost_before,
+    read_new_of_any,
+)
 
 log = logging.getLogger("s2feature.service")
 
 # The longest an entry of a cluster instance's other streams waits while the service blocks on
 # its first one: 50 idle reads a second, nothing for Redis, against up to S2_BLOCK_MS of latency.
 CLUSTER_IDLE_BLOCK_MS: Final = 20
+T = TypeVar("T")
+
+# The most entries a round reads (over all its streams): a backlog of a hundred streams read 200
+# entries each held about 60 MB more at once than stream by stream (the cold start of
+# `benches/venue_bench.py`); a few thousand entries a round already spread its fixed costs thin.
+ROUND_MAX_ENTRIES: Final = 4_000
 
 # (worker, entries, delivery counts or None for new entries) -> None
 Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
+# [(worker, new entries)] of distinct streams -> None
+ProcessRound = Callable[[list[tuple[SeriesWorker, list[Entry]]]], None]
 
 
 def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
@@ -47,6 +68,12 @@ def idle_block_ms(block_ms: int, n_streams: int, cluster: bool) -> int:
     if cluster and n_streams > 1:
         return min(block_ms, CLUSTER_IDLE_BLOCK_MS)
     return block_ms
+
+
+def round_count(batch_size: int, n_streams: int) -> int:
+    """Entries read per stream in a round of `n_streams`: the batch size, less when the round
+    would exceed `ROUND_MAX_ENTRIES` (but not under 10 when the batch size is more)."""
+    return min(batch_size, max(10, ROUND_MAX_ENTRIES // max(1, n_streams)))
 
 
 def applied_id(worker: SeriesWorker) -> str:
@@ -67,6 +94,7 @@ class Reader:
         backoff: Backoff,
         ownership: Ownership,
         process: Process,
+        process_round: ProcessRound,
         stop: threading.Event,
     ) -> None:
         self.client = client
@@ -76,6 +104,8 @@ class Reader:
         self.backoff = backoff
         self.ownership = ownership
         self.process = process
+        self.process_round = process_round
+        self._round_read: RoundRead | None = None  # made on the first round read
         self.stop = stop
 
     def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
@@ -103,8 +133,11 @@ class Reader:
         return handled
 
     def consume_all(self, owned: list[SeriesWorker]) -> int:
-        """One batch of new entries of every owned stream, in turn. Each stream's read is sent
-        before the previous stream's batch is processed, so Redis prepares it meanwhile."""
+        """One batch of new entries of every owned stream: one checked round read on a
+        standalone server (`_read_round_checked`), else in turn, each stream's read sent before
+        the previous stream's batch is processed, so Redis prepares it meanwhile."""
+        if len(owned) > 1 and sends_ahead(self.client):
+            return self._apply_round(owned, self._read_round_checked(owned))
         handled = 0
         ahead = self._read_ahead(owned[0]) if owned else None
         try:
@@ -126,28 +159,102 @@ class Reader:
         """Nothing anywhere: block until some owned stream has new entries, and process them.
 
         On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
-        wakes the service at once. A cluster cannot serve a read across slots: there the wait is
-        on the first stream only, kept short when there are others (`idle_block_ms`).
+        wakes the service at once; one pipeline of `XPENDING`s then checks the streams it
+        returned for lost replies. A cluster cannot serve a read across slots: there the wait
+        is on the first stream only, kept short when there are others (`idle_block_ms`).
         """
         client = self.client
         if isinstance(client, RedisCluster) or len(owned) == 1:
             wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
         keys = [w.io.key for w in owned]
+        self._stamp_reads(owned)
+        read = partial(
+            read_new_of_any,
+            client,  # a standalone server's: not a cluster's
+            self.group,
+            self.consumer,
+            keys,
+            round_count(self.batch_size, len(keys)),
+            block_ms,
+        )
+        batches: dict[str, list[Entry]] = self.backoff.call(
+            "read", partial(self._noting_reads, owned, read)
+        )
+        return self._apply_round(owned, self._checked(owned, batches))
+
+    def _checked(
+        self, owned: list[SeriesWorker], batches: dict[str, list[Entry]]
+    ) -> dict[str, CheckedRead]:
+        """The lost-reply verdicts of a round read's batches: one pipeline of `XPENDING`s."""
+        ready = [w for w in owned if batches.get(w.io.key)]
+        if not ready:
+            return {}
+        checks = [(w.io, applied_id(w)) for w in ready]
+        check = partial(first_pending_after, self.client, checks)
+        firsts = self.backoff.call("check pending", check)
+        return {
+            w.io.key: (batches[w.io.key], lost_before(batches[w.io.key], first))
+            for w, first in zip(ready, firsts, strict=True)
+        }
+
+    def _read_round_checked(self, owned: list[SeriesWorker]) -> dict[str, CheckedRead]:
+        """New entries of the owned streams of a standalone server and their lost-reply
+        verdicts, by stream key (only streams with some), without blocking: one round trip."""
+        if self._round_read is None:
+            client: Any = self.client
+            self._round_read = RoundRead(client, self.group, self.consumer)
+        keys = [w.io.key for w in owned]
+        applied = [applied_id(w) for w in owned]
+        count = round_count(self.batch_size, len(keys))
+        self._stamp_reads(owned)
+        read = partial(self._noting_reads, owned, partial(self._round_read, keys, applied, count))
+        batches: dict[str, CheckedRead] = self.backoff.call("read", read)
+        return batches
+
+    @staticmethod
+    def _stamp_reads(owned: list[SeriesWorker]) -> None:
         started = time.perf_counter()
         for worker in owned:
             worker.read_started = started
-        read = partial(
-            read_new_of_any, client, self.group, self.consumer, keys, self.batch_size, block_ms
-        )
-        batches = self.backoff.call("read", read)
-        handled = 0
+
+    @staticmethod
+    def _noting_reads(owned: list[SeriesWorker], read: Callable[[], T]) -> T:
+        """Run a read of several streams, noting its outcome on each (health reporting)."""
+        try:
+            result = read()
+        except Exception as exc:
+            for worker in owned:
+                worker.io.read_failed(exc)
+            raise
         for worker in owned:
-            entries = batches.get(worker.io.key)
-            if entries:
-                lost = self._lost_before(worker, entries)
-                step = partial(self._apply_new, worker, entries, lost)
+            if worker.io.read_failure is not None:
+                worker.io.read_succeeded()
+        return result
+
+    def _apply_round(self, owned: list[SeriesWorker], batches: dict[str, CheckedRead]) -> int:
+        """Process a round of new entries of the owned streams (`batches`, by stream key, with
+        their lost-reply verdicts).
+
+        A stream where entries were lost is drained from its pending list first, on its own.
+        The others' batches go to `process_round` together, each stream still owned once the
+        drains are done. Returns how many entries were read."""
+        handled, fresh = 0, []
+        for worker in owned:
+            read = batches.get(worker.io.key)
+            if read is None or not read[0]:
+                continue
+            entries, lost = read
+            if lost:
+                step = partial(self._apply_new, worker, entries, True)
                 handled += self.ownership.guarded(worker, step)
+            else:
+                fresh.append((worker, entries))
+        owned_now = self.ownership.owned
+        round_batches = [(w, entries) for w, entries in fresh if w.io.key in owned_now]
+        if round_batches:
+            self.process_round(round_batches)
+            handled += sum(len(entries) for _, entries in round_batches)
         return handled
 
     def _consume_new(self, worker: SeriesWorker, ahead: ReadAhead | None = None) -> int:

@@ -1,8 +1,9 @@
 """The loop's status value (`status.LoopStatus`), built between batches and published whole.
 
 Lag comes from the workers' state (no I/O). Backlog and pending cost one `XINFO GROUPS` per
-stream, so they are refreshed at most once per `refresh_s`; a failure to refresh keeps the last
-figures (the failure itself shows in the Redis dependency status).
+stream (all of them in one pipeline), so they are refreshed at most once per `refresh_s`; a
+failure to refresh keeps the last figures (the failure itself shows in the Redis dependency
+status).
 """
 
 from __future__ import annotations
@@ -103,11 +104,21 @@ class StatusReporter:
         )
 
     def _refresh_counts(self) -> None:
-        for key, worker in self.workers.items():
-            try:
-                groups: Any = worker.io.client.xinfo_groups(key)
-            except (redis.RedisError, RedisClusterException):
-                continue  # keep the last figures; the loop's own calls report the failure
+        """Backlog and pending of every stream: one pipeline of `XINFO GROUPS` (a hundred
+        streams read one after the other held the loop for tens of milliseconds)."""
+        keys = list(self.workers)
+        if not keys:
+            return
+        try:
+            pipe = self.workers[keys[0]].io.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.xinfo_groups(key)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except (redis.RedisError, RedisClusterException):
+            return  # keep the last figures; the loop's own calls report the failure
+        for key, groups in zip(keys, replies, strict=True):
+            if isinstance(groups, Exception):
+                continue
             for group in groups:
                 name = group.get("name")
                 if isinstance(name, bytes):

@@ -34,7 +34,7 @@ from s2feature.service.reporting import StatusReporter
 from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.settings import Settings
 from s2feature.service.status import LoopStatus, Published
-from s2feature.service.worker import BatchOutputs, SeriesWorker
+from s2feature.service.worker import BatchOutputs, SeriesWorker, commit_round
 from s2feature.store.base import Store
 from s2feature.streams.client import AnyRedis
 from s2feature.streams.lease import StreamLease
@@ -80,6 +80,7 @@ class Service:
             settings.fx_max_wait_ms,
             lake,
         )
+        self.store = store
         self.workers = {
             s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake, self.fx)
             for s in settings.series
@@ -99,6 +100,7 @@ class Service:
             self.backoff,
             self.ownership,
             self._process,
+            self._process_round,
             self.stop,
         )
         self.reporter = StatusReporter(
@@ -181,6 +183,31 @@ class Service:
         self.backoff.call("checkpoint and ack", partial(worker.flush, False))
         self.reporter.publish(self.started, self.batches, force=False)
 
+    def _process_round(self, batches: list[tuple[SeriesWorker, list[Entry]]]) -> None:
+        """`_process` of a round of new entries of several streams (each once, the FX stream
+        first), committed together: one store transaction and one write of emit scripts for
+        the round instead of one each per stream (`worker.commit_round`)."""
+        read_at = time.perf_counter()  # the read that delivered them has just returned
+        bundle = self.active_bundle()
+        computed: list[tuple[SeriesWorker, BatchOutputs]] = []
+        for worker, entries in batches:
+            if bundle is not worker.bundle:
+                self._apply_bundle(worker, bundle)
+            computed.append((worker, worker.compute(entries, None, read_at)))
+            if worker.fx_feed is not None:
+                self._fx_release()  # the FX bars just computed let the waiting symbols' out first
+        self._commit(computed, len(computed))
+
+    def _commit(self, computed: list[tuple[SeriesWorker, BatchOutputs]], batches: int) -> None:
+        """Commit computed batches of distinct streams together, then checkpoint and ack those
+        due (a checkpoint refused by a stream's lease fence ends that stream's ownership)."""
+        self.backoff.call("commit", partial(commit_round, self.store, computed))
+        self.batches += batches
+        for worker, _ in computed:
+            flush = partial(self.backoff.call, "checkpoint and ack", partial(worker.flush, False))
+            self.ownership.guarded(worker, flush)
+        self.reporter.publish(self.started, self.batches, force=False)
+
     def _apply_bundle(self, worker: SeriesWorker, bundle: ConfigBundle) -> None:
         old_rev = worker.bundle.rev
         how = worker.apply_bundle(bundle)
@@ -250,18 +277,13 @@ class Service:
             return 0
         owned = self.ownership.owned_workers()
         self.fx.prune(w.engine.seen_until for w in owned if w.fx_gate is not None)
-        return self.fx.release([w.io.key for w in owned], self._commit_released)
-
-    def _commit_released(self, key: str) -> None:
-        worker = self.workers[key]
-
-        def step() -> int:
-            outputs = worker.release_fx()
-            self.backoff.call("commit", partial(worker.commit, outputs))
-            self.backoff.call("checkpoint and ack", partial(worker.flush, False))
-            return 0
-
-        self.ownership.guarded(worker, step)
+        released: list[str] = []
+        count = self.fx.release([w.io.key for w in owned], released.append)
+        if released:
+            # Every symbol released by the same FX bars is committed in one go.
+            workers = [self.workers[key] for key in released]
+            self._commit([(worker, worker.release_fx()) for worker in workers], 0)
+        return count
 
     def release_leases(self) -> None:
         self.ownership.release_all()

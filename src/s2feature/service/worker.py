@@ -46,7 +46,7 @@ from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
 from s2feature.store.base import SignalRow, Store, dqc_fail_event_id
 from s2feature.store.snapshot_rows import prepare_snapshot
-from s2feature.streams.ahead import PublishAhead, sends_ahead
+from s2feature.streams.ahead import PublishAhead, PublishRound, SentEmits, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
 CHECKPOINT_VERSION = 3
@@ -76,6 +76,8 @@ class BatchOutputs:
     traced: dict[str, TracedSignal] = field(default_factory=dict)  # sampled, by signal_id
     persist: tuple[float, float] | None = None  # the store write
     emit_started: float | None = None  # the emit script sent
+    # Registered for the next flush (by `settle`): once only, however often a commit is retried.
+    registered: bool = False
 
 
 def describe(stale: Iterable[StateKey]) -> str:
@@ -109,7 +111,7 @@ class SeriesWorker:
         self._flushed_at = time.monotonic() - phase * self._checkpoint_s
         # The last commit's batch and its emit script, until `settle` collects the reply (the
         # script is None when it was not sent ahead, or its reply failed: settle runs it).
-        self._unsettled: tuple[BatchOutputs, PublishAhead | None] | None = None
+        self._unsettled: tuple[BatchOutputs, SentEmits | None] | None = None
         self.emitted = 0  # new emits, replays not counted
         self.bundle = settings.bundle  # the active bundle: replaced between batches only
         self.observer = BatchObserver(series.symbol)  # metrics, logs, traces: set by the service
@@ -449,20 +451,36 @@ class SeriesWorker:
         if out.signals or out.events:
             started = time.perf_counter()
             self.store.write_batch(out.signals, out.events)
-            out.persist = (started, time.perf_counter())
-            self.observer.stored(out.persist[1] - started)
-        for entry_id, fields, reasons in out.dead:
-            self.io.dead_letter(entry_id, fields, reasons)
-        if self.fx_feed is not None:
-            self.fx_feed.publish(out.bars)  # before a checkpoint can cover their entries
+            self.stored(out, started, time.perf_counter())
+        self.write_side_outputs(out)
         sent = None
         if out.emits:
             out.emit_started = time.perf_counter()
         if out.emits and sends_ahead(self.io.client):
-            keys, args = self.io.emit_request(
-                out.emits, self.settings.emit_maxlen, out.last, self.settings.last_ttl_s
-            )
+            keys, args = self.emit_request(out)
             sent = PublishAhead(self.io, keys, args)
+        self.hold(out, sent)
+
+    def stored(self, out: BatchOutputs, started: float, done: float) -> None:
+        """The batch's signals and events were written to the store between these times."""
+        out.persist = (started, done)
+        self.observer.stored(done - started)
+
+    def write_side_outputs(self, out: BatchOutputs) -> None:
+        """The batch's dead letters, and the FX owner's bars (before a checkpoint can cover
+        their entries); idempotent."""
+        for entry_id, fields, reasons in out.dead:
+            self.io.dead_letter(entry_id, fields, reasons)
+        if self.fx_feed is not None:
+            self.fx_feed.publish(out.bars)
+
+    def emit_request(self, out: BatchOutputs) -> tuple[list[str], list[Any]]:
+        settings = self.settings
+        return self.io.emit_request(out.emits, settings.emit_maxlen, out.last, settings.last_ttl_s)
+
+    def hold(self, out: BatchOutputs, sent: SentEmits | None) -> None:
+        """The batch is written up to its emits, sent ahead (`sent`) or not sent yet (None:
+        published and registered now)."""
         self._unsettled = (out, sent)
         if sent is None:
             self.settle()
@@ -485,6 +503,9 @@ class SeriesWorker:
         # Registered only once every write has landed, and with no I/O after it, so a retried
         # settle cannot register the same entries twice.
         self._unsettled = None
+        if out.registered:  # a retried commit of a batch settled before
+            return
+        out.registered = True
         self._unacked.extend(out.ack_ids)
         self._unlaked.extend(out.bars)
         if out.last_id is not None:
@@ -497,6 +518,17 @@ class SeriesWorker:
         if self._unsettled is not None and self._unsettled[1] is not None:
             self._unsettled[1].discard()
         self._unsettled = None
+
+    def _last_due(self, now: float) -> float:
+        """The latest time at or before `now` on this symbol's checkpoint schedule (its phase
+        and the interval): a checkpoint made late does not move the next one. Otherwise the
+        symbols' phases would be lost after the first round, which finds them all overdue
+        once a hundred states are restored, and every symbol would checkpoint in the same
+        round from then on: a stall of hundreds of milliseconds every interval."""
+        interval = self._checkpoint_s
+        if interval <= 0 or now < self._flushed_at:
+            return now
+        return self._flushed_at + ((now - self._flushed_at) // interval) * interval
 
     def flush(self, force: bool = False) -> int:
         """Checkpoint (when the state moved) and ack every committed entry, if due or forced.
@@ -518,6 +550,50 @@ class SeriesWorker:
             checkpoint_bytes = self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
         self.io.ack(self._unacked)
         acked = len(self._unacked)
-        self._unacked, self._unsaved_id, self._flushed_at = [], None, now
+        self._unacked, self._unsaved_id = [], None
+        self._flushed_at = self._last_due(now)
         self.observer.flushed(acked, time.perf_counter() - started, checkpoint_bytes)
         return acked
+
+
+def commit_round(store: Store, commits: Sequence[tuple[SeriesWorker, BatchOutputs]]) -> None:
+    """`SeriesWorker.commit` of several streams' batches of one round (each stream once), with
+    the fixed costs paid once: every stream's previous emits settled, then one store
+    transaction for all the signals and events, then the dead letters and FX bars, then every
+    emit script in one write on one connection (standalone; on a cluster each is run in turn).
+
+    Each batch's writes keep the SPEC order (store, then emits and `feat:last`), and like
+    `commit` the whole call is idempotent: after a failure anywhere it is retried as a whole
+    (upserts by key, emits and dead letters with explicit IDs, a batch registered once).
+    """
+    if len(commits) == 1:
+        worker, out = commits[0]
+        worker.commit(out)
+        return
+    for worker, _ in commits:
+        worker.settle()  # each stream's previous batch's emits come first
+    signals = [row for _, out in commits for row in out.signals]
+    events = [event for _, out in commits for event in out.events]
+    if signals or events:
+        started = time.perf_counter()
+        store.write_batch(signals, events)
+        done = time.perf_counter()
+        for worker, out in commits:
+            if out.signals or out.events:
+                worker.stored(out, started, done)
+    for worker, out in commits:
+        worker.write_side_outputs(out)
+    emitting = [(worker, out) for worker, out in commits if out.emits]
+    sent: dict[int, SentEmits] = {}
+    ahead = [(worker, out) for worker, out in emitting if sends_ahead(worker.io.client)]
+    if ahead:
+        emit_started = time.perf_counter()
+        requests = [(worker.io, *worker.emit_request(out)) for worker, out in ahead]
+        round_sent = PublishRound(requests)
+        for index, (_, out) in enumerate(ahead):
+            out.emit_started = emit_started
+            sent[id(out)] = round_sent.part(index)
+    for worker, out in commits:
+        if out.emits and id(out) not in sent:
+            out.emit_started = time.perf_counter()
+        worker.hold(out, sent.get(id(out)))

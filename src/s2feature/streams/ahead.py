@@ -24,7 +24,7 @@ there the service waits for each reply as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -55,6 +55,14 @@ class _Sent:
 
     def _replies(self) -> list[Any]:
         """The replies, in order; an error reply is raised (after every reply was read)."""
+        replies = self._read_all()
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    def _read_all(self) -> list[Any]:
+        """The replies, in order, an error reply in its place as a `redis.ResponseError`."""
         connection, self._connection = self._connection, None
         if connection is None:
             raise RuntimeError("the replies were already taken or discarded")
@@ -70,9 +78,6 @@ class _Sent:
             raise
         finally:
             self._pool.release(connection)
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
         return replies
 
     def discard(self) -> None:
@@ -134,3 +139,67 @@ class PublishAhead(_Sent):
             # The server lost its script cache (a restart): the ordinary call loads the script.
             return self._io.run_emit_script(self._keys, self._args)
         return int(new)
+
+
+class SentEmits(Protocol):
+    """An emit script sent ahead: `PublishAhead`, or one stream's part of a `PublishRound`."""
+
+    def result(self) -> int: ...
+
+    def discard(self) -> None: ...
+
+
+class PublishRound(_Sent):
+    """The emit scripts of several streams' batches (`PublishAhead`'s each), sent now in one
+    write on one connection: a round of batches across streams pays one send and one wait for
+    all of them. `part(i)` is the i-th request's `SentEmits`; the first part collected reads
+    every reply, each part then returns its own or raises its own error."""
+
+    def __init__(self, requests: Sequence[tuple[StreamIO, Sequence[str], Sequence[Any]]]) -> None:
+        self._requests = requests
+        self._outcomes: list[Any] | None = None
+        self._failure: BaseException | None = None
+        commands = []
+        for io, keys, args in requests:
+            last = bytes(args[1]) if len(keys) > 1 else None  # the script sets `feat:last`
+            io.written(keys, args, last, int(args[2]))
+            commands.append(("EVALSHA", io.emit_sha, len(keys), *keys, *args))
+        super().__init__(requests[0][0].client, commands)
+
+    def part(self, index: int) -> SentEmits:
+        return _RoundPart(self, index)
+
+    def result_of(self, index: int) -> int:
+        """How many emits of request `index` were new (replays are not counted)."""
+        if self._outcomes is None:
+            if self._failure is not None:
+                raise self._failure  # every part of a lost reply fails alike: each publishes
+            try:
+                self._outcomes = self._read_all()
+            except RuntimeError:  # discarded unread
+                self._failure = redis.ConnectionError("emit replies discarded unread")
+                raise self._failure from None
+            except BaseException as exc:
+                self._failure = exc
+                raise
+        outcome = self._outcomes[index]
+        if isinstance(outcome, redis.exceptions.NoScriptError):
+            # The server lost its script cache (a restart): the ordinary call loads the script.
+            io, keys, args = self._requests[index]
+            return io.run_emit_script(keys, args)
+        if isinstance(outcome, redis.ResponseError):
+            raise outcome
+        return int(outcome)
+
+
+class _RoundPart:
+    def __init__(self, sent: PublishRound, index: int) -> None:
+        self._sent, self._index = sent, index
+
+    def result(self) -> int:
+        return self._sent.result_of(self._index)
+
+    def discard(self) -> None:
+        """Drop the connection when its replies were not read yet: the other parts' results
+        then fail, and their streams publish again the ordinary way (replays skipped)."""
+        self._sent.discard()

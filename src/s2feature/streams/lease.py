@@ -19,7 +19,10 @@ checkpoint share the `{cache}` hash tag, which keeps the fenced write on one clu
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any, Final
+
+import redis
 
 from s2feature.errors import S2FeatureError
 from s2feature.streams.client import AnyRedis
@@ -102,3 +105,15 @@ class StreamLease:
     @staticmethod
     def _call(script: Any, keys: list[str], args: list[Any]) -> bool:
         return bool(script(keys=keys, args=args))
+
+
+def renew_all(leases: Sequence[StreamLease]) -> list[bool]:
+    """`renew` of several leases of one client, in order: one pipeline on a standalone server
+    (a hundred leases renewed one round trip after the other held the loop for hundreds of
+    milliseconds on a loaded machine), one call after the other on a cluster."""
+    if len(leases) < 2 or not isinstance(leases[0]._client, redis.Redis):
+        return [lease.renew() for lease in leases]
+    pipe = leases[0]._client.pipeline(transaction=False)
+    for lease in leases:
+        lease._renew(keys=[lease.key], args=[lease.token, lease.ttl_ms], client=pipe)
+    return [bool(kept) for kept in pipe.execute()]

@@ -26,6 +26,7 @@ from s2feature.streams.replicas import wait_for_replicas
 
 Fields = dict[bytes | str, bytes | str]
 Entry = tuple[str, Fields]  # (entry id, fields)
+CheckedRead = tuple[list[Entry], bool]  # new entries, and whether a lost reply preceded them
 ACK_SLICE: Final = 10_000  # entry IDs per XACK
 T = TypeVar("T")
 
@@ -49,6 +50,40 @@ if KEYS[2] then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 end
 return new
+"""
+
+
+# KEYS: the streams; ARGV: group, consumer, count, then each stream's last applied entry ID.
+# One non-blocking XREADGROUP over every stream, then, for each stream it returned entries of, the
+# first entry after the applied one this consumer holds pending (`lost_before`): the checked
+# read of `StreamIO.read_new_checked` for a round of streams, in one round trip. Returns
+# {key, entries, first pending ID or false} for the streams with new entries only.
+_READ_ROUND: Final = """
+local group, consumer = ARGV[1], ARGV[2]
+local read = {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS'}
+local applied = {}
+for i = 1, #KEYS do
+  read[#read + 1] = KEYS[i]
+  applied[KEYS[i]] = ARGV[3 + i]
+end
+for i = 1, #KEYS do
+  read[#read + 1] = '>'
+end
+local reply = redis.call(unpack(read))
+local out = {}
+if not reply then
+  return out
+end
+for _, stream in ipairs(reply) do
+  local key = stream[1]
+  local pending = redis.call('XPENDING', key, group, '(' .. applied[key], '+', 1, consumer)
+  local first = false
+  if pending[1] then
+    first = pending[1][1]
+  end
+  out[#out + 1] = {key, stream[2], first}
+end
+return out
 """
 
 
@@ -214,11 +249,18 @@ class StreamIO:
         try:
             result = read()
         except Exception as exc:
-            since = time.monotonic() if self.read_failure is None else self.read_failure.since
-            self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
+            self.read_failed(exc)
             raise
-        self.read_failure, self.last_read_at = None, time.monotonic()
+        self.read_succeeded()
         return result
+
+    def read_failed(self, exc: Exception) -> None:
+        """A read of this stream (alone or with others) failed: for health reporting."""
+        since = time.monotonic() if self.read_failure is None else self.read_failure.since
+        self.read_failure = ReadFailure(since, f"{type(exc).__name__}: {exc}", self.node())
+
+    def read_succeeded(self) -> None:
+        self.read_failure, self.last_read_at = None, time.monotonic()
 
     def node(self) -> str:
         """`host:port` of the node this stream's reads go to, as the client's map has it."""
@@ -414,14 +456,62 @@ class StreamIO:
 
 
 def read_new_of_any(
-    client: redis.Redis, group: str, consumer: str, keys: Sequence[str], count: int, block_ms: int
+    client: redis.Redis,
+    group: str,
+    consumer: str,
+    keys: Sequence[str],
+    count: int,
+    block_ms: int | None,
 ) -> dict[str, list[Entry]]:
-    """One blocking `XREADGROUP` over several streams of one standalone server: returns as soon
-    as any of them has new entries (at most `count` per stream), keyed by stream."""
+    """One `XREADGROUP` over several streams of one standalone server, keyed by stream (only
+    those with new entries, at most `count` each): blocking until any of them has some, or
+    (`block_ms` None) at once."""
     reply: Any = client.xreadgroup(
         group, consumer, dict.fromkeys(keys, ">"), count=count, block=block_ms
     )
     return _entries_by_stream(reply)
+
+
+class RoundRead:
+    """The checked non-blocking read of several streams of one standalone server, in one
+    round trip (a script: `_READ_ROUND`). Like every read through the client, a lost reply is
+    sent again silently; the script sent again then finds what the lost one delivered."""
+
+    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
+        self._script = client.register_script(_READ_ROUND)
+        self._group, self._consumer = group, consumer
+
+    def __call__(
+        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
+    ) -> dict[str, CheckedRead]:
+        """By stream key, for the streams with new entries only: the entries (at most `count`
+        each), and whether entries delivered by a lost reply precede them."""
+        args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
+        reply: Any = self._script(keys=keys, args=args)
+        out: dict[str, CheckedRead] = {}
+        for key, rows, first_pending in reply:
+            entries: list[Entry] = []
+            for entry_id, flat in rows:
+                pairs = iter(flat or ())
+                entries.append((_decode(entry_id), dict(zip(pairs, pairs, strict=False))))
+            first = None if first_pending is None else _decode(first_pending)
+            out[_decode(key)] = (entries, lost_before(entries, first))
+        return out
+
+
+def first_pending_after(
+    client: AnyRedis, checks: Sequence[tuple[StreamIO, str]]
+) -> list[str | None]:
+    """For each (stream, applied ID): the first entry after that ID this consumer holds
+    pending (None when none), all in one pipeline: the lost-reply checks of a round of reads
+    (`lost_before`)."""
+    pipe = client.pipeline(transaction=False)
+    for io, applied_id in checks:
+        pipe.xpending_range(
+            io.key, io.group, min=f"({applied_id}", max="+", count=1, consumername=io.consumer
+        )
+    replies: Any = pipe.execute()
+    return [_decode(rows[0]["message_id"]) if rows else None for rows in replies]
 
 
 def _entries_by_stream(reply: Any) -> dict[str, list[Entry]]:
