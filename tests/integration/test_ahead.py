@@ -142,10 +142,10 @@ def run_over_streams(
 def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One stream: read stream by stream, the next read sent ahead (several streams of a
-    # standalone server are read in rounds, below).
+    # Two streams: read stream by stream, the next read sent ahead (from `ROUND_MIN_STREAMS`
+    # streams on, a standalone server's are read in rounds, below).
     monkeypatch.setattr(reads, "ReadAhead", LosesEveryThirdReply)
-    run_over_streams(redis_server, tmp_path, (SERIES,))
+    run_over_streams(redis_server, tmp_path, (SERIES, SeriesId("binance", "fut", "ETHUSDT")))
     assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
 
 
@@ -188,6 +188,7 @@ def test_a_service_whose_round_reads_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resends = ResendsEveryThirdRoundRead()
+    monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
     monkeypatch.setattr(reads, "read_new_of_any", resends)  # the idle wait's read
     monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdCheckedRoundRead)
     other = SeriesId("binance", "fut", "ETHUSDT")
@@ -274,6 +275,7 @@ class LosesEveryThirdRoundReply(PublishRound):
 def test_a_service_whose_round_emit_replies_are_lost_emits_everything_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
     monkeypatch.setattr(worker_module, "PublishRound", LosesEveryThirdRoundReply)
     other = SeriesId("binance", "fut", "ETHUSDT")
     service = run_over_streams(redis_server, tmp_path, (SERIES, other), n_bars=1600)

@@ -55,6 +55,12 @@ T = TypeVar("T")
 # entries each held about 60 MB more at once than stream by stream (the cold start of
 # `benches/venue_bench.py`); a few thousand entries a round already spread its fixed costs thin.
 ROUND_MAX_ENTRIES: Final = 4_000
+# The fewest streams read in rounds. A round saves a round trip per stream (most of a venue's
+# streams have nothing new at a time) and commits its batches together, but it reads nothing
+# ahead: with a few busy streams, reading each stream's next batch while the previous one is
+# computed keeps Redis and the service working at once, which a round cannot (three backlogged
+# streams: 60 % of the floor in rounds against 90 % read ahead, `benches/service_bench.py`).
+ROUND_MIN_STREAMS: Final = 8
 
 # (worker, entries, delivery counts or None for new entries) -> None
 Process = Callable[[SeriesWorker, list[Entry], dict[str, int] | None], None]
@@ -134,9 +140,10 @@ class Reader:
 
     def consume_all(self, owned: list[SeriesWorker]) -> int:
         """One batch of new entries of every owned stream: one checked round read on a
-        standalone server (`_read_round_checked`), else in turn, each stream's read sent before
-        the previous stream's batch is processed, so Redis prepares it meanwhile."""
-        if len(owned) > 1 and sends_ahead(self.client):
+        standalone server with `ROUND_MIN_STREAMS` or more (`_read_round_checked`), else in
+        turn, each stream's read sent before the previous stream's batch is processed, so Redis
+        prepares it meanwhile."""
+        if len(owned) >= ROUND_MIN_STREAMS and sends_ahead(self.client):
             return self._apply_round(owned, self._read_round_checked(owned))
         handled = 0
         ahead = self._read_ahead(owned[0]) if owned else None
