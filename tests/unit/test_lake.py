@@ -357,19 +357,9 @@ def test_leftover_temp_file_of_a_crashed_append_is_ignored(lake: BarLake) -> Non
 # -- many small appends -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("auto_compact_parts", "expected_parts"),
-    [
-        # One part per append: 60 on Dec 31 + 120 on Jan 1.
-        (None, 180),
-        # The 17th part of a partition triggers a compaction back to 1, so after n appends a
-        # partition has ((n - 1) % 16) + 1 parts: 59 % 16 + 1 = 12 and 119 % 16 + 1 = 8.
-        (16, 20),
-    ],
-    ids=["no-auto-compaction", "auto-compaction-beyond-16-parts"],
-)
+@pytest.mark.parametrize("auto_compact_parts", [None, 16], ids=["off", "beyond-16-parts"])
 def test_many_single_bar_appends_read_back_in_order(
-    tmp_path: Path, auto_compact_parts: int | None, expected_parts: int
+    tmp_path: Path, auto_compact_parts: int | None
 ) -> None:
     lake = BarLake(tmp_path, auto_compact_parts=auto_compact_parts)
     # 180 one-minute bars from 23:00 on Dec 31: 60 on Dec 31, 120 on Jan 1.
@@ -379,7 +369,25 @@ def test_many_single_bar_appends_read_back_in_order(
         lake.append("BTCUSDT", [bar])
 
     assert lake.read("BTCUSDT").to_bars() == bars
-    assert len(_part_files(lake.root)) == expected_parts
+    threshold = lake.compaction_threshold("BTCUSDT")
+    if threshold is None:  # one part per append
+        assert len(_part_files(lake.root)) == 180
+    else:
+        # The (threshold + 1)th part of a partition compacts it back to 1, so after n appends
+        # a partition holds ((n - 1) % threshold) + 1 parts.
+        assert 16 <= threshold < 32
+        expected = (59 % threshold + 1) + (119 % threshold + 1)
+        assert len(_part_files(lake.root)) == expected
+
+
+def test_symbols_reach_their_compaction_at_different_part_counts(tmp_path: Path) -> None:
+    # Appended in step (one part per checkpoint each), symbols must not all compact at once.
+    lake = BarLake(tmp_path, auto_compact_parts=64)
+    thresholds = [lake.compaction_threshold(f"SYM{i:03d}USDT") for i in range(100)]
+    assert all(t is not None and 64 <= t < 128 for t in thresholds)
+    assert len(set(thresholds)) >= 40  # spread over the 64 values
+    assert lake.compaction_threshold("SYM000USDT") == thresholds[0]  # stable
+    assert BarLake(tmp_path, auto_compact_parts=None).compaction_threshold("X") is None
 
 
 # -- model-based property ---------------------------------------------------------------------
