@@ -204,7 +204,8 @@ def test_a_replaced_owner_stops_without_acking_or_overwriting_the_checkpoint(
     pending_before = checks.pending_count(client, SERIES)
     # host-a stalls past its TTL and host-b takes the stream.
     client.set(lease_key(SERIES.symbol), "0000@host-b")
-    service.run_once()  # reads and commits a batch, then its checkpoint is refused
+    service.run_once()  # reads and commits a batch, and starts its checkpoint
+    service.flush_all(force=True)  # the checkpoint, once its lake part is written, is refused
     store.close()
     assert service.owned == set()
     assert client.get(cache_key(SERIES.symbol)) == checkpoint

@@ -27,6 +27,7 @@ from s2feature.lake.parquet import BarLake
 from s2feature.observability.metrics import Metrics
 from s2feature.observability.tracing import SignalTracer
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.lake_writer import LakeWriter
 from s2feature.service.observe import BatchObserver
 from s2feature.service.ownership import Ownership
 from s2feature.service.reads import Reader
@@ -81,8 +82,12 @@ class Service:
             lake,
         )
         self.store = store
+        # The checkpoints' lake parts are written on a thread of its own, off the loop.
+        self.lake_writer = LakeWriter(lake)
         self.workers = {
-            s.stream_key: SeriesWorker(settings, s, self._stream_io(s), store, lake, self.fx)
+            s.stream_key: SeriesWorker(
+                settings, s, self._stream_io(s), store, lake, self.fx, self.lake_writer
+            )
             for s in settings.series
         }
         for worker in self.workers.values():
@@ -234,6 +239,16 @@ class Service:
                 partial(self.backoff.call, "checkpoint and ack", partial(worker.flush, force)),
             )
 
+    def finish_flushes(self) -> None:
+        """Write the checkpoints and acks whose lake parts the lake writer has finished, also
+        of streams that got no batch since (`SeriesWorker.finish_flushing`)."""
+        for worker in self.ownership.owned_workers():
+            if worker.flush_ready:
+                finish = partial(worker.finish_flushing, False)
+                self.ownership.guarded(
+                    worker, partial(self.backoff.call, "checkpoint and ack", finish)
+                )
+
     def run_once(self, block_ms: int | None = None) -> int:
         """Read and process one batch of every owned stream. Returns the number of entries
         handled."""
@@ -241,6 +256,7 @@ class Service:
         readable = self._fx_readable(self.ownership.owned_workers())
         handled = self.reader.consume_all(readable)
         handled += self._fx_release()
+        self.finish_flushes()
         if handled == 0:
             # A steady input goes idle between batches: only checkpoint when one is due.
             self.flush_all(force=False)
@@ -315,6 +331,7 @@ class Service:
                 worker.discard_unsettled()
         finally:
             self.release_leases()
+            self.lake_writer.close()
         log.info(
             "stopped after %d batches, %d emits",
             self.batches,

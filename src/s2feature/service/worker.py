@@ -4,7 +4,8 @@
 reading delivery counts) and returns everything the batch must write. `commit` writes it in the
 order of SPEC §8 — store, emit, `feat:last` — and is idempotent, so the service loop can retry it
 after a transient failure without recomputing anything. `flush`, at most once per checkpoint
-interval, appends the committed base bars to the lake, writes the checkpoint and acks.
+interval, appends the committed base bars to the lake (on the lake writer's thread), then, once
+they are durable, writes the checkpoint and acks.
 
 Crash safety rests on the checkpoint in `feat:{cache}:<symbol>`: it holds the engine and ingestor
 state *and* the ID of the last entry whose effects it contains, and is written after the outputs
@@ -16,10 +17,12 @@ emits make that a no-op where the first attempt had got through).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -41,6 +44,7 @@ from s2feature.ingest.stream import StreamIngestor
 from s2feature.lake.parquet import BarLake
 from s2feature.observability.tracing import TracedSignal
 from s2feature.service.fx_feed import FxLeg
+from s2feature.service.lake_writer import LakeWriter
 from s2feature.service.memory import release_free_memory
 from s2feature.service.observe import BatchObserver
 from s2feature.service.settings import Settings
@@ -49,10 +53,28 @@ from s2feature.store.snapshot_rows import prepare_snapshot
 from s2feature.streams.ahead import PublishAhead, PublishRound, SentEmits, sends_ahead
 from s2feature.streams.redis_io import Entry, Fields, StreamIO, entry_id_tuple
 
+log = logging.getLogger("s2feature.service")
+
 CHECKPOINT_VERSION = 3
 # Versions `restore` reads: 2 held every family's whole state; 3 holds the volatility family's
 # compact state, whose squared returns are derived again from the lake's base bars.
 READABLE_CHECKPOINTS = frozenset({2, CHECKPOINT_VERSION})
+
+
+@dataclass
+class Flushing:
+    """A checkpoint under way: its base bars being appended to the lake (`written`, None when
+    there were none), then the checkpoint document (None when the state did not move) and the
+    acks, which wait for the append."""
+
+    written: Future[None] | None
+    bars: list[Bar]
+    document: bytes | None
+    ack_ids: list[str]
+    started: float  # `time.perf_counter()`
+
+    def ready(self) -> bool:
+        return self.written is None or self.written.done()
 
 
 @dataclass
@@ -94,7 +116,10 @@ class SeriesWorker:
         store: Store,
         lake: BarLake,
         fx: FxLeg | None = None,
+        lake_writer: LakeWriter | None = None,
     ) -> None:
+        """`lake_writer` appends the checkpoints' base bars (the service's runs on a thread of
+        its own; by default they are appended at once)."""
         self.settings = settings
         self.series = series
         self.io = io
@@ -104,6 +129,8 @@ class SeriesWorker:
         self._unacked: list[str] = []  # committed entries waiting for the next checkpoint
         self._unlaked: list[Bar] = []  # their base bars, appended to the lake at that checkpoint
         self._unsaved_id: str | None = None
+        self.lake_writer = lake_writer or LakeWriter(lake, background=False)
+        self._flushing: Flushing | None = None  # the checkpoint whose lake part is being written
         # Each symbol's checkpoints keep a phase of their own within the interval (from its
         # name), so that an instance with a hundred symbols does not append a hundred lake parts
         # and write a hundred checkpoints in the same round every interval.
@@ -142,6 +169,7 @@ class SeriesWorker:
         """Drop the in-memory state and everything not yet checkpointed (the stream was taken
         over by another consumer: its entries stay pending for the new owner)."""
         self.discard_unsettled()
+        self._abandon_flushing()
         self._unacked, self._unlaked, self._unsaved_id = [], [], None
         self._fresh_state()
 
@@ -160,6 +188,7 @@ class SeriesWorker:
             release_free_memory()
 
     def _restore(self, bundle: ConfigBundle | None) -> str:
+        self._abandon_flushing()  # the lake is read below: no part of ours is still being written
         if bundle is not None and bundle != self.bundle:
             self.bundle = bundle
             self._fresh_state()
@@ -255,6 +284,7 @@ class SeriesWorker:
     def _history(self) -> list[Bar]:
         """Every base bar the engine has seen, oldest first: the lake's up to `bars_until`,
         then the committed bars not yet appended to it."""
+        self._await_written()
         bars = {
             bar.close_time: bar
             for bar in self.lake.read(self.series.symbol, to_close_time=self.bars_until).to_bars()
@@ -532,28 +562,76 @@ class SeriesWorker:
 
     def flush(self, force: bool = False) -> int:
         """Checkpoint (when the state moved) and ack every committed entry, if due or forced.
-        Returns the number of entries acked."""
+        Returns the number of entries acked.
+
+        A checkpoint starts by handing its base bars to the lake writer and goes on without
+        waiting: its document (the state as of now) and its acks are kept until the lake part
+        is durable, and written by a later call (the next batch's, an idle round's, or
+        `finish_flushing`); `force` waits. One checkpoint is under way at a time per stream.
+        """
+        acked = self.finish_flushing(wait=force)
         now = time.monotonic()
+        if self._flushing is not None:  # its lake part is still being written
+            return acked
         if not force and now - self._flushed_at < self._checkpoint_s:
-            return 0
+            return acked
         self.settle()
         if not self._unacked:
-            return 0
-        checkpoint_bytes, started = None, time.perf_counter()
+            return acked
+        document = None
+        if self._unsaved_id is not None:
+            document = strict_json.encode(self.checkpoint(self._unsaved_id))
+        written = None
         if self._unlaked:
             # One lake part per checkpoint rather than per batch; an entry is acked only after
             # its base bars are in the lake, so a crash replays them from the stream.
-            self.lake.append(self.series.symbol, self._unlaked)
-            self._unlaked = []
-        self.io.confirm_outputs()  # replicas hold the outputs before a checkpoint covers them
-        if self._unsaved_id is not None:
-            checkpoint_bytes = self.io.save_checkpoint(self.checkpoint(self._unsaved_id))
-        self.io.ack(self._unacked)
-        acked = len(self._unacked)
-        self._unacked, self._unsaved_id = [], None
+            written = self.lake_writer.append(self.series.symbol, self._unlaked)
+        self._flushing = Flushing(
+            written, self._unlaked, document, self._unacked, time.perf_counter()
+        )
+        self._unacked, self._unlaked, self._unsaved_id = [], [], None
         self._flushed_at = self._last_due(now)
-        self.observer.flushed(acked, time.perf_counter() - started, checkpoint_bytes)
+        return acked + self.finish_flushing(wait=force)
+
+    @property
+    def flush_ready(self) -> bool:
+        """Whether a checkpoint under way has its lake part written and can be finished."""
+        return self._flushing is not None and self._flushing.ready()
+
+    def finish_flushing(self, wait: bool = False) -> int:
+        """Write the checkpoint under way and ack its entries, once its lake part is durable
+        (`wait`: wait for it). Idempotent, so a failed call is retried as a whole; an error of
+        the lake append is raised here. Returns the number of entries acked."""
+        flushing = self._flushing
+        if flushing is None or not (wait or flushing.ready()):
+            return 0
+        if flushing.written is not None:
+            flushing.written.result()
+        self.io.confirm_outputs()  # replicas hold the outputs before a checkpoint covers them
+        checkpoint_bytes = None
+        if flushing.document is not None:
+            checkpoint_bytes = self.io.save_checkpoint(flushing.document)
+        self.io.ack(flushing.ack_ids)
+        self._flushing = None
+        acked = len(flushing.ack_ids)
+        self.observer.flushed(acked, time.perf_counter() - flushing.started, checkpoint_bytes)
         return acked
+
+    def _await_written(self) -> None:
+        """Wait until the lake part of a checkpoint under way is durable (raises its error)."""
+        if self._flushing is not None and self._flushing.written is not None:
+            self._flushing.written.result()
+
+    def _abandon_flushing(self) -> None:
+        """Drop a checkpoint under way (the stream was taken over, or its state is rebuilt):
+        neither written nor acked. Its lake part may still land: appending bars the lake holds
+        is harmless, and it is waited for, so the lake is not read while it is written."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None and flushing.written is not None:
+            try:
+                flushing.written.result()
+            except OSError as exc:
+                log.warning("%s: lake part not written (%s)", self.series.symbol, exc)
 
 
 def commit_round(store: Store, commits: Sequence[tuple[SeriesWorker, BatchOutputs]]) -> None:

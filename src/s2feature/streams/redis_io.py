@@ -436,12 +436,12 @@ class StreamIO:
         """SHA1 of the emit script, for `EVALSHA` sent by other means (`streams/ahead.py`)."""
         return str(self._emit.sha)
 
-    def save_checkpoint(self, state: Mapping[str, Any]) -> int:
-        """Write the checkpoint while this consumer owns the stream; raises `LeaseLost` (and
-        writes nothing) when another one has taken it over. With `min_replicas` > 0, returns
-        once that many replicas hold it, else raises `ReplicasBehind`. Returns its size in
-        bytes."""
-        document = strict_json.encode(state)
+    def save_checkpoint(self, state: Mapping[str, Any] | bytes) -> int:
+        """Write the checkpoint (a state, or its JSON document) while this consumer owns the
+        stream; raises `LeaseLost` (and writes nothing) when another one has taken it over. With
+        `min_replicas` > 0, returns once that many replicas hold it, else raises
+        `ReplicasBehind`. Returns its size in bytes."""
+        document = state if isinstance(state, bytes) else strict_json.encode(state)
         self.lease.fenced_set(cache_key(self.series.symbol), document)
         self._wait_for_replicas({cache_key(self.series.symbol)})
         return len(document)
