@@ -22,10 +22,11 @@ from s2feature.compute.family import (
 from s2feature.compute.rolling import RollingSums
 from s2feature.compute.volatility import OnlineVolatilityFamily
 from s2feature.config.bundle import ConfigBundle
-from s2feature.domain import HOUR_MS, BarArrays, FeatureValue, SeriesId, Snapshot
+from s2feature.domain import HOUR_MS, INTERVAL_MS, BarArrays, FeatureValue, SeriesId, Snapshot
 from tests.support.market_gen import SeriesSpec, make_series
 
 BUNDLE = ConfigBundle(base_interval="1h")
+MINUTE_MS = INTERVAL_MS["1m"]
 BARS = make_series(SeriesSpec(seed=5, n=1500, base_ms=HOUR_MS, gap_prob=0.01, max_gap=4))
 SERIES = SeriesId("test", "fut", "BTCUSDT")
 
@@ -62,6 +63,34 @@ def test_volatility_restored_from_its_checkpoint_and_the_bars_continues_exactly(
     assert restored.snapshot() == live.snapshot()
     rest = BARS.slice(cut, len(BARS))
     assert run(restored, rest) == run(live, rest)
+
+
+def test_the_checkpoint_after_every_bar_equals_one_made_afresh() -> None:
+    """`checkpoint` reuses its packed samples while they are unchanged: after every one-minute
+    bar, across hourly samples, gaps, a reset and a restore, it equals the checkpoint of a
+    family that never made one before."""
+    context = FamilyContext(ConfigBundle(), MINUTE_MS, MINUTE_MS)
+    live = OnlineVolatilityFamily(context)
+    bars = make_series(SeriesSpec(seed=9, n=3000, base_ms=MINUTE_MS, gap_prob=0.002, max_gap=30))
+
+    def afresh() -> Any:
+        twin = OnlineVolatilityFamily(context)
+        twin.restore(round_trip(live.snapshot()))
+        return round_trip(twin.checkpoint())
+
+    packed, every = 0, bars.to_bars()
+    for index, bar in enumerate(every):
+        if index == 1700:
+            saved = round_trip(live.snapshot())
+            live.reset()
+            live.restore(saved)
+        live.update(bar)
+        before = live._packed
+        assert round_trip(live.checkpoint()) == afresh()
+        packed += live._packed is not before
+    # Packed again when the hourly samples changed (about once an hour from the first day on),
+    # reused in between.
+    assert 0 < packed < len(every) // 30
 
 
 def test_the_checkpoint_does_not_grow_with_the_window() -> None:
