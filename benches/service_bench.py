@@ -32,6 +32,14 @@ noisy. `--profile` adds a cProfile breakdown of both service runs.
    three streams over one common stretch of time, without and then with a fourth stream, the
    FX series (`rho.fx_symbol`, same density, its bars closing with theirs), so that every
    symbol's snapshots compute `rho_*` and pass the FX barrier (`--fx-only` runs just this).
+   The target compares those two (FX off: three streams; FX on: four, one of them the FX
+   series). A third run, printed apart, takes the same four streams with the fourth under
+   another name (`FXPLAIN`: the same data and density, an ordinary symbol, so no FX leg): the
+   cost of the leg itself (barrier, correlation, published FX bars), without that of serving a
+   fourth stream (a third more entries per second in the paced phase). With FX on, latency is
+   also given from the later of the symbol's and the FX series' finalising entries: a
+   snapshot at t0 cannot be emitted before the FX entry that finalises the FX bar closing at
+   t0, which the producer sends after the symbols' entries of the same round.
 
 Input: three fut streams of flat S1 entries, each a different stretch of the real Coinbase
 BTC/USD hourly bars split into 1-minute bars and ticks by the seeded `s2feature.data.synth`.
@@ -201,6 +209,12 @@ def preload(client: redis.Redis, inputs: Sequence[StreamInput], segment: int = 0
                 for fields in entries[start : start + 1000]:
                     pipe.xadd(stream.series.stream_key, fields)  # type: ignore[arg-type]
                 pipe.execute()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux `/proc/<pid>/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(samples: Sequence[float], *qs: float) -> list[float]:
@@ -492,7 +506,7 @@ def service_process(
     profile_to: Path | None,
     command: Sequence[str] = ("-m", "s2feature.cli", "run"),
     extra_env: dict[str, str] | None = None,
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """`s2-feature run` (or the Python `command` that runs it) in its own process, from the
     moment it blocks in XREADGROUP (restored, claimed, drained, waiting for input) until SIGTERM
     (graceful: checkpoint, ack, exit 0)."""
@@ -513,7 +527,7 @@ def service_process(
 
     try:
         wait_for(serving, timeout_s=60, what="s2-feature run to wait for input")
-        yield
+        yield process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -697,6 +711,8 @@ def replica_wait_cost(workdir: Path, args: argparse.Namespace) -> None:
 
 
 FX_SYMBOL = ("USDTTWD", 3)  # the default bundle's rho.fx_symbol; another stretch of the data
+# The same fourth stream under a name that is not `rho.fx_symbol`: an ordinary symbol.
+PLAIN_SYMBOL = ("FXPLAIN", FX_SYMBOL[1])
 
 
 @dataclass
@@ -710,12 +726,17 @@ class FxFigures:
     emitted: int = 0
     with_rho: int = 0
     fx_late: int = 0
+    cpu_ms_per_entry: float = 0.0  # the service process's CPU time in the paced phase
 
 
-def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFigures:
+def fx_scenario(
+    workdir: Path, args: argparse.Namespace, with_fx: bool, fourth: tuple[str, int] | None = None
+) -> FxFigures:
     """Floor, best burst and the dense paced phase over the three symbols aligned in time, with
-    or without the FX stream."""
+    or without the FX stream (or with `fourth`, the FX stream's data as an ordinary symbol)."""
     symbols = (*SYMBOLS, FX_SYMBOL) if with_fx else SYMBOLS
+    if fourth is not None:
+        symbols = (*SYMBOLS, fourth)
     per_stream = round(args.rate * args.seconds / len(SYMBOLS))
     preload_n = args.entries // len(SYMBOLS)
     plans = [[(preload_n // m, m), (per_stream // m, m)] for _, m in symbols]
@@ -729,11 +750,14 @@ def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFig
         out.floor = max(floor_pass(client, inputs, f"floor-{i}") for i in range(args.floor_passes))
         burst, _ = best_burst(server, workdir, args.service_passes, False, "fx", extra_env=env)
         out.service = entries / burst.seconds
-        with service_process(server, workdir, None, extra_env=env):
+        with service_process(server, workdir, None, extra_env=env) as process:
             # The symbols' rate is the same in both runs; the FX stream adds its own entries.
             rate = args.rate * len(symbols) / len(SYMBOLS)
-            measured, fx = inputs[: len(SYMBOLS)], inputs[-1] if with_fx else None
+            measured = inputs[: len(SYMBOLS)]
+            fx = inputs[-1] if len(inputs) > len(SYMBOLS) else None  # the FX (or plain) stream
+            cpu_started = cpu_seconds(process.pid)
             paced = run_paced(server, inputs, 1, rate, 1.0, measured, fx)
+            out.cpu_ms_per_entry = (cpu_seconds(process.pid) - cpu_started) * 1e3 / paced.sent
         every = [v for values in paced.latency_ms.values() for v in values]
         out.p50_ms, out.p95_ms = percentiles(every, 50, 95) if every else (0.0, 0.0)
         if paced.both_ms:
@@ -751,24 +775,36 @@ def fx_scenario(workdir: Path, args: argparse.Namespace, with_fx: bool) -> FxFig
 def fx_leg_cost(workdir: Path, args: argparse.Namespace) -> None:
     """8. The FX leg's cost: the same three symbols without and with the FX stream."""
     off = fx_scenario(workdir / "off", args, with_fx=False)
+    plain = fx_scenario(workdir / "plain", args, with_fx=False, fourth=PLAIN_SYMBOL)
     on = fx_scenario(workdir / "on", args, with_fx=True)
     ratio_off, ratio_on = off.service / off.floor, on.service / on.floor
+    ratio_plain = plain.service / plain.floor
     print(
         f"8. the FX leg (three streams aligned in time, then with the FX stream {FX_SYMBOL[0]} "
         f"at {FX_SYMBOL[1]} entries/bar; best of {args.service_passes} bursts, dense paced "
         f"phase at the same rate per symbol):\n"
         f"   FX off: floor {off.floor:,.0f}, service {off.service:,.0f} entries/s = "
         f"{ratio_off:.0%} of the floor; end-to-end p50 {off.p50_ms:.2f} ms, "
-        f"p95 {off.p95_ms:.2f} ms\n"
+        f"p95 {off.p95_ms:.2f} ms; paced: {off.cpu_ms_per_entry:.3f} CPU ms/entry\n"
         f"   FX on:  floor {on.floor:,.0f}, service {on.service:,.0f} entries/s = "
         f"{ratio_on:.0%} of the floor; end-to-end p50 {on.p50_ms:.2f} ms, "
         f"p95 {on.p95_ms:.2f} ms (from the later of the symbol's and the FX's finalising "
         f"entries: p50 {on.both_p50_ms:.2f} ms, p95 {on.both_p95_ms:.2f} ms); "
         f"{on.with_rho:,} of {on.emitted:,} symbol snapshots with rho_usdttwd_14, "
-        f"{on.fx_late} fx_late\n"
+        f"{on.fx_late} fx_late; paced: {on.cpu_ms_per_entry:.3f} CPU ms/entry\n"
         f"   on / off: throughput ratio {ratio_on / ratio_off:.0%}, e2e p95 "
-        f"{on.p95_ms / off.p95_ms if off.p95_ms else float('nan'):.0%} "
-        f"(target: within 10 %)"
+        f"{on.p95_ms / off.p95_ms if off.p95_ms else float('nan'):.0%}, from the later entry "
+        f"{on.both_p95_ms / off.p95_ms if off.p95_ms else float('nan'):.0%} "
+        f"(target: within 10 %)\n"
+        f"   control, the fourth stream as an ordinary symbol {PLAIN_SYMBOL[0]} (no FX leg): "
+        f"floor {plain.floor:,.0f}, service {plain.service:,.0f} entries/s = "
+        f"{ratio_plain:.0%} of the floor; end-to-end p50 {plain.p50_ms:.2f} ms, "
+        f"p95 {plain.p95_ms:.2f} ms (from the later of the symbol's and {PLAIN_SYMBOL[0]}'s "
+        f"finalising entries: p50 {plain.both_p50_ms:.2f} ms, p95 {plain.both_p95_ms:.2f} ms); "
+        f"paced: {plain.cpu_ms_per_entry:.3f} CPU ms/entry\n"
+        f"   on / control: throughput ratio {ratio_on / ratio_plain:.0%}, e2e p95 "
+        f"{on.p95_ms / plain.p95_ms if plain.p95_ms else float('nan'):.0%}, from the later "
+        f"entry {on.both_p95_ms / plain.both_p95_ms if plain.both_p95_ms else float('nan'):.0%}"
     )
 
 

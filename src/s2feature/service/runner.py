@@ -178,9 +178,8 @@ class Service:
         bundle = self.active_bundle()
         if bundle is not worker.bundle:
             self._apply_bundle(worker, bundle)
-        outputs: BatchOutputs = worker.compute(entries, counts, read_at)
-        if worker.fx_feed is not None:
-            self._fx_release()  # the FX bars just computed let the waiting symbols' out first
+        # The FX bars it finalises let the waiting symbols' snapshots out first (`_fx_release`).
+        outputs: BatchOutputs = worker.compute(entries, counts, read_at, self._fx_release)
         # The previous batch's emit script ran in Redis while this one was computed; the commit
         # settles it first (see SeriesWorker.commit).
         self.backoff.call("commit", partial(worker.commit, outputs))
@@ -198,9 +197,8 @@ class Service:
         for worker, entries in batches:
             if bundle is not worker.bundle:
                 self._apply_bundle(worker, bundle)
-            computed.append((worker, worker.compute(entries, None, read_at)))
-            if worker.fx_feed is not None:
-                self._fx_release()  # the FX bars just computed let the waiting symbols' out first
+            # The FX bars it finalises let the waiting symbols' snapshots out first.
+            computed.append((worker, worker.compute(entries, None, read_at, self._fx_release)))
         self._commit(computed, len(computed))
 
     def _commit(self, computed: list[tuple[SeriesWorker, BatchOutputs]], batches: int) -> None:

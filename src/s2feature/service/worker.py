@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -321,6 +321,7 @@ class SeriesWorker:
         entries: Sequence[Entry],
         deliveries: dict[str, int] | None = None,
         read_at: float | None = None,
+        fx_added: Callable[[], object] | None = None,
     ) -> BatchOutputs:
         """Apply a batch in three stages: entries through the ingestor, then the base bars they
         finalised through the engine, then the snapshots to their outputs.
@@ -333,18 +334,24 @@ class SeriesWorker:
 
         `read_at` is when the read that delivered `entries` returned (`time.perf_counter()`,
         now by default): the compute latency is measured from there.
+
+        The FX series' worker adds its new base bars to the FX feed right after the ingestor
+        and then calls `fx_added`, before its own engine runs: the snapshots of the other
+        symbols that waited for these bars are released and committed first, so the FX
+        series' own snapshots are not on their path.
         """
         out = BatchOutputs(read_started=self.read_started)
         out.read_at = time.perf_counter() if read_at is None else read_at
         bars = self._ingest(entries, deliveries, out)
+        if self.fx_feed is not None and bars:
+            self.fx_feed.add_bars(bars)
+            if fx_added is not None:
+                fx_added()
         return self._outputs(self._snapshots(bars, out), out)
 
     def _snapshots(self, bars: list[Bar], out: BatchOutputs) -> list[Snapshot]:
         """The engine's snapshots of new base bars (timed when the observer asks); with the FX
-        leg, the FX series' bars go to the FX feed, and another symbol's bars pass the FX
-        barrier first."""
-        if self.fx_feed is not None:
-            self.fx_feed.add_bars(bars)
+        leg, another symbol's bars pass the FX barrier first."""
         on_base_bar = self.engine.on_base_bar
         if self.observer.timed():
             on_base_bar = partial(self._timed_base_bar, out)
