@@ -256,7 +256,10 @@ def test_fx_later_than_the_wait_gives_fx_late_snapshots_that_a_recompute_fills(
     assert counted == late
     add(client, FX, fx_entries[3 * 120 :])
     add(client, SYM, sym_entries[3 * 250 :])
-    run_burst(env)
+    second = run_burst(env)
+    # The bars still held when run 1 stopped wait again in run 2, with a fresh deadline: on a
+    # loaded machine the FX stream's catch-up can miss it, so run 2 may add fx_late snapshots.
+    late += second.fx.gates[SYM.stream_key].late if second.fx is not None else 0
     payloads = assert_symbol_outputs_match(client, env, late_ok=True)
     assert sum(FX_LATE in p["dqc"]["reasons"] for p in payloads) == late
     assert_fx_outputs_match(client, env)
