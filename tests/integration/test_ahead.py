@@ -20,7 +20,8 @@ from s2feature.service.settings import load_settings
 from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.ahead import PublishAhead, PublishRound, ReadAhead
 from s2feature.streams.keys import events_key, last_key
-from s2feature.streams.redis_io import RoundRead, StreamIO
+from s2feature.streams.redis_io import StreamIO
+from s2feature.streams.round_read import RoundRead
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 

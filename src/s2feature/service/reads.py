@@ -11,7 +11,7 @@ not block); anything there is processed first, in stream order.
 On a standalone server one round reads every owned stream in one round trip, however many
 streams there are, where a read of each stream in turn paid a round trip per stream even when it
 was empty: a script runs one non-blocking `XREADGROUP` over all of them and the `XPENDING` of
-each stream it returned entries of (`redis_io.RoundRead`). The idle wait is one blocking
+each stream it returned entries of (`round_read.RoundRead`). The idle wait is one blocking
 `XREADGROUP` over all of them, followed by one pipeline of those `XPENDING`s. The round's batches
 are then committed together (`Service._process_round`). A single stream, or a cluster (which
 cannot serve a read across slots), is read stream by stream; there each stream's read is sent
@@ -38,11 +38,11 @@ from s2feature.streams.client import AnyRedis, is_retryable
 from s2feature.streams.redis_io import (
     CheckedRead,
     Entry,
-    RoundRead,
     first_pending_after,
     lost_before,
     read_new_of_any,
 )
+from s2feature.streams.round_read import RoundRead
 
 log = logging.getLogger("s2feature.service")
 

@@ -53,40 +53,6 @@ return new
 """
 
 
-# KEYS: the streams; ARGV: group, consumer, count, then each stream's last applied entry ID.
-# One non-blocking XREADGROUP over every stream, then, for each stream it returned entries of, the
-# first entry after the applied one this consumer holds pending (`lost_before`): the checked
-# read of `StreamIO.read_new_checked` for a round of streams, in one round trip. Returns
-# {key, entries, first pending ID or false} for the streams with new entries only.
-_READ_ROUND: Final = """
-local group, consumer = ARGV[1], ARGV[2]
-local read = {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS'}
-local applied = {}
-for i = 1, #KEYS do
-  read[#read + 1] = KEYS[i]
-  applied[KEYS[i]] = ARGV[3 + i]
-end
-for i = 1, #KEYS do
-  read[#read + 1] = '>'
-end
-local reply = redis.call(unpack(read))
-local out = {}
-if not reply then
-  return out
-end
-for _, stream in ipairs(reply) do
-  local key = stream[1]
-  local pending = redis.call('XPENDING', key, group, '(' .. applied[key], '+', 1, consumer)
-  local first = false
-  if pending[1] then
-    first = pending[1][1]
-  end
-  out[#out + 1] = {key, stream[2], first}
-end
-return out
-"""
-
-
 def entry_id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -470,33 +436,6 @@ def read_new_of_any(
         group, consumer, dict.fromkeys(keys, ">"), count=count, block=block_ms
     )
     return _entries_by_stream(reply)
-
-
-class RoundRead:
-    """The checked non-blocking read of several streams of one standalone server, in one
-    round trip (a script: `_READ_ROUND`). Like every read through the client, a lost reply is
-    sent again silently; the script sent again then finds what the lost one delivered."""
-
-    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
-        self._script = client.register_script(_READ_ROUND)
-        self._group, self._consumer = group, consumer
-
-    def __call__(
-        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
-    ) -> dict[str, CheckedRead]:
-        """By stream key, for the streams with new entries only: the entries (at most `count`
-        each), and whether entries delivered by a lost reply precede them."""
-        args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
-        reply: Any = self._script(keys=keys, args=args)
-        out: dict[str, CheckedRead] = {}
-        for key, rows, first_pending in reply:
-            entries: list[Entry] = []
-            for entry_id, flat in rows:
-                pairs = iter(flat or ())
-                entries.append((_decode(entry_id), dict(zip(pairs, pairs, strict=False))))
-            first = None if first_pending is None else _decode(first_pending)
-            out[_decode(key)] = (entries, lost_before(entries, first))
-        return out
 
 
 def first_pending_after(
