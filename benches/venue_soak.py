@@ -5,8 +5,9 @@ The venue is the scenario of `benches/venue_bench.py` (its lake, its symbols), w
 one-minute bar, so each symbol closes a bar every second at 1,000 entries/s over 100 symbols.
 Entries are generated a few bars at a time, so the producer's own memory stays flat too.
 
-Latency: the stamp when a blocking XREAD returns a `feat:events` entry, minus the stamp taken
-just before the XADD of the entry that finalised its bar (the first entry of the next bar).
+Latency: the stamp when a blocking XREAD (in a listener process of its own) returns a
+`feat:events` entry, minus the stamp taken just before the XADD of the entry that finalised its
+bar (the first entry of the next bar); printed over the whole run and by minute.
 RSS: the service's VmRSS every few seconds; growth is measured from the end of minute one.
 Throughput: the entries the consumer group had read when the producer stopped, against those
 sent, and the service's batches (from its `stopped` log line, at INFO).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import queue
 import shutil
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 for extra in (ROOT, ROOT / "benches"):
@@ -132,6 +135,31 @@ def stopped_batches(log_path: Path) -> int | None:
     return None
 
 
+def listen(port: int, keys: list[str], ready: Any, stop: Any, out: Any) -> None:
+    """The emit listener, in a process of its own: in the producer's process, its stamps waited
+    for the interpreter lock while the next chunk of entries was generated (milliseconds).
+    Sends back (stream key, entry ID, `perf_counter` when the blocking `XREAD` returned it);
+    `perf_counter` is the system's monotonic clock, the same in every process on Linux."""
+    client = redis.Redis(port=port, decode_responses=True)
+    # From each stream's newest entry at start (a "$" in the first read would miss the emits
+    # made before that read reached Redis).
+    last_ids = {key: _last_id(client, key) for key in keys}
+    ready.set()
+    arrivals: list[tuple[str, str, float]] = []
+    while not stop.is_set():
+        reply: Any = client.xread(last_ids, block=100)  # type: ignore[arg-type]
+        now = time.perf_counter()
+        for key, entries in reply or []:
+            arrivals.extend((key, entry_id, now) for entry_id, _ in entries)
+            last_ids[key] = entries[-1][0]
+    out.send(arrivals)
+
+
+def _last_id(client: redis.Redis, key: str) -> str:
+    newest: Any = client.xrevrange(key, count=1)
+    return str(newest[0][0]) if newest else "0-0"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=100)
@@ -178,23 +206,17 @@ def main() -> None:
             f"soak: {args.symbols} symbols restored, RSS {rss_mb(process.pid):.0f} MB", flush=True
         )
         sent_at: dict[tuple[int, int], float] = {}
-        arrivals: list[tuple[str, str, float]] = []
-        stop = threading.Event()
-        reader = server.client(decode_responses=True)
         keys = {events_key(venue.series(i).symbol): i for i in range(venue.symbols)}
-
-        def listen() -> None:
-            last_ids = dict.fromkeys(keys, "$")
-            while not stop.is_set():
-                reply: Any = reader.xread(last_ids, block=100)  # type: ignore[arg-type]
-                now = time.perf_counter()
-                for key, entries in reply or []:
-                    arrivals.extend((key, entry_id, now) for entry_id, _ in entries)
-                    last_ids[key] = entries[-1][0]
-
-        listener = threading.Thread(target=listen)
+        spawn = multiprocessing.get_context("spawn")
+        ready, stop = spawn.Event(), spawn.Event()
+        arrivals_out, arrivals_in = spawn.Pipe(duplex=False)
+        listener = spawn.Process(
+            target=listen, args=(server.port, list(keys), ready, stop, arrivals_in)
+        )
         listener.start()
-        time.sleep(0.5)
+        if not ready.wait(timeout=60):
+            raise RuntimeError("the emit listener did not start")
+        arrivals: list[tuple[str, str, float]] = []
         rss: list[tuple[float, float]] = []
         client = server.client()
         started = time.perf_counter()
@@ -227,18 +249,21 @@ def main() -> None:
             rss.append((time.perf_counter() - started, rss_mb(process.pid)))
         finally:
             stop.set()
+            arrivals = arrivals_out.recv() if listener.is_alive() or arrivals_out.poll() else []
             listener.join()
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
             log.close()
             shutil.copy(workdir / "service.log", args.workdir / "soak-service.log")
             shutil.copy(workdir / "s2.db", args.workdir / "soak-s2.db")
-    latencies = []
+    latencies: list[float] = []
+    by_minute: dict[int, list[float]] = {}  # by minute of sending
     for key, entry_id, arrived in arrivals:
         t0 = int(entry_id.partition("-")[0])
         sent = sent_at.get((keys[key], t0 + 1))
         if sent is not None:
             latencies.append((arrived - sent) * 1e3)
+            by_minute.setdefault(int((sent - started) // 60), []).append(latencies[-1])
     print(f"soak: {args.minutes:g} min at {args.rate:,.0f} entries/s over {args.symbols} symbols")
     print(
         f"  {sent_count:,} entries sent in {sending_s:.1f} s ({sent_count / sending_s:,.0f}/s); "
@@ -269,6 +294,12 @@ def main() -> None:
             f"  end-to-end latency over {len(latencies):,} emits: p50 {p50:.1f} ms, "
             f"p95 {p95:.1f} ms (target <= 10 ms: {verdict}), p99 {p99:.1f} ms"
         )
+        print("  by minute of sending (p50, p95, p99 in ms):")
+        for minute, values in sorted(by_minute.items()):
+            q50, q95, q99 = np.percentile(np.asarray(values), [50, 95, 99]).tolist()
+            print(
+                f"    minute {minute:2d}: {q50:6.1f} {q95:7.1f} {q99:8.1f}  ({len(values):,} emits)"
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ appends the test holds back or fails)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -141,4 +142,32 @@ def test_a_stream_taken_over_drops_its_checkpoint_under_way(
     assert worker.finish_flushing(wait=True) == 0
     assert checks.pending_count(client, SERIES) == 200  # left to the next owner
     assert client.get(cache_key(SERIES.symbol)) is None
+    store.close()
+
+
+def test_flush_due_says_when_an_idle_round_has_a_checkpoint_to_start_or_finish(
+    setup: tuple[Service, HeldLake, SqliteStore, redis.Redis, dict[str, str]],
+) -> None:
+    service, lake, store, client, _ = setup
+    worker = service.workers[SERIES.stream_key]
+    worker._checkpoint_s = 3600.0  # not due for an hour after the last one
+    add_entries(client, 0, 200)
+    service.start()
+    service.run_once()  # committed; no checkpoint yet
+    now = time.monotonic()
+    assert not worker.flush_due(now)
+    service.flush_all(force=False)
+    assert not lake.started.is_set()  # nothing started when nothing was due
+    assert worker.flush_due(now + 3600.0)
+    worker._checkpoint_s = 0.0
+    service.flush_all(force=False)  # due: the checkpoint starts, its part is being written
+    assert lake.started.wait(10)
+    assert not worker.flush_due(time.monotonic())  # under way, its part not written yet
+    lake.release.set()
+    wait_for(lambda: worker.flush_ready, timeout_s=10, what="the lake part")
+    assert worker.flush_due(time.monotonic())  # finishing it is due
+    service.flush_all(force=False)
+    assert client.get(cache_key(SERIES.symbol)) is not None
+    assert checks.pending_count(client, SERIES) == 0
+    service.lake_writer.close()
     store.close()

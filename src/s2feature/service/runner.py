@@ -231,7 +231,11 @@ class Service:
 
     def flush_all(self, force: bool) -> None:
         """Checkpoint and ack what was committed: when due (idle rounds), or all of it (exit)."""
-        for worker in self.ownership.owned_workers():
+        workers = self.ownership.owned_workers()
+        if not force:
+            now = time.monotonic()
+            workers = [worker for worker in workers if worker.flush_due(now)]
+        for worker in workers:
             self.ownership.guarded(
                 worker,
                 partial(self.backoff.call, "checkpoint and ack", partial(worker.flush, force)),
