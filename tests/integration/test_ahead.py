@@ -5,6 +5,8 @@ once, in order."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,9 @@ from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.ahead import PublishAhead, PublishRound, ReadAhead
 from s2feature.streams.keys import events_key, last_key
 from s2feature.streams.redis_io import StreamIO
-from s2feature.streams.round_read import RoundRead
+from s2feature.streams.round_read import RoundRead, RoundWait
 from tests.support import service_checks as checks
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -150,22 +152,20 @@ def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
     assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
 
 
-class ResendsEveryThirdRoundRead:
-    """`read_new_of_any` whose reply is lost every third time and the read silently sent
-    again, as redis-py does after a socket timeout: the first read's entries are delivered
-    to the consumer but never seen, the second returns the entries after them."""
+class ResendsEveryThirdRoundWait(RoundWait):
+    """`RoundWait` (the idle wait's blocking read) whose reply is lost every third time and the
+    read silently sent again, as redis-py does after a socket timeout: the first read's entries
+    are delivered to the consumer but never seen, the second returns the entries after them."""
 
-    def __init__(self) -> None:
-        self.reads = 0
-        self.lost_entries = 0
-        self.read = reads.read_new_of_any
+    reads = 0
+    lost_entries = 0
 
-    def __call__(self, *args: Any) -> dict[str, list[Any]]:
-        batches = self.read(*args)
-        self.reads += 1
-        if self.reads % 3 == 0 and batches:
-            self.lost_entries += sum(len(entries) for entries in batches.values())
-            batches = self.read(*args)
+    def read(self, keys: Any, count: int, block_ms: int) -> dict[str, list[Any]]:
+        batches = super().read(keys, count, block_ms)
+        type(self).reads += 1
+        if type(self).reads % 3 == 0 and batches:
+            type(self).lost_entries += sum(len(entries) for entries in batches.values())
+            batches = super().read(keys, count, block_ms)
         return batches
 
 
@@ -188,13 +188,53 @@ class ResendsEveryThirdCheckedRoundRead(RoundRead):
 def test_a_service_whose_round_reads_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    resends = ResendsEveryThirdRoundRead()
     monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
-    monkeypatch.setattr(reads, "read_new_of_any", resends)  # the idle wait's read
+    monkeypatch.setattr(reads, "RoundWait", ResendsEveryThirdRoundWait)  # the idle wait's read
     monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdCheckedRoundRead)
     other = SeriesId("binance", "fut", "ETHUSDT")
     run_over_streams(redis_server, tmp_path, (SERIES, other))
     assert ResendsEveryThirdCheckedRoundRead.lost_entries > 0  # the fault swallowed entries
+
+
+def test_a_service_whose_idle_waits_lose_replies_processes_every_entry_once(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
+    monkeypatch.setattr(reads, "RoundWait", ResendsEveryThirdRoundWait)
+    ResendsEveryThirdRoundWait.reads = ResendsEveryThirdRoundWait.lost_entries = 0
+    client = redis_server.client()
+    series_list = (SERIES, SeriesId("binance", "fut", "ETHUSDT"))
+    inputs = {}
+    for index, series in enumerate(series_list):
+        bars = checks.input_bars(series, 150, seed=60 + index)
+        inputs[series] = (bars, checks.input_entries(series, bars, seed=60 + index))
+    env = service_env(redis_server, tmp_path, "binance:fut:BTCUSDT,binance:fut:ETHUSDT")
+    store = SqliteStore(tmp_path / "s2.db")
+    service = Service(load_settings(env), redis_server.client(), store, BarLake(tmp_path / "lake"))
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        # A trickle, so the service goes idle between entries and the idle wait delivers them.
+        for start in range(0, 450, 5):
+            for series, (_, entries) in inputs.items():
+                checks.add_entries(client, series, entries[start : start + 5])
+            time.sleep(0.01)
+        last = {series.stream_key: entries[-1] for series, (_, entries) in inputs.items()}
+        wait_for(
+            lambda: all(
+                reads.applied_id(service.workers[key]) == checks.input_entry_id(fields)
+                for key, fields in last.items()
+            ),
+            timeout_s=60,
+            what="every entry applied",
+        )
+    finally:
+        service.stop.set()
+        runner.join(timeout=60)
+    store.close()
+    assert ResendsEveryThirdRoundWait.lost_entries > 0  # the fault swallowed entries
+    for series, (bars, entries) in inputs.items():
+        checks.assert_run_complete(client, series, env, bars, entries)
 
 
 # -- emits sent ahead ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The round read (`streams/round_read.py`) against a real redis-server: its packed command is
-redis-py's byte for byte, it gives the batches and lost-reply verdicts of the ordinary checked
-read of each stream, and when its fast path fails (script cache flushed, connection killed)
-the ordinary script call reads instead, with nothing lost or read twice."""
+"""The round read and the idle wait (`streams/round_read.py`) against a real redis-server: the
+packed command is redis-py's byte for byte, they give the batches and lost-reply verdicts of
+the ordinary calls, and when their fast path fails (script cache flushed, connection lost, a
+reply lost to a timeout) the ordinary call reads instead, with nothing lost or read twice."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from s2feature.domain import SeriesId
-from s2feature.streams.redis_io import StreamIO
-from s2feature.streams.round_read import RoundCommand, RoundRead
+from s2feature.streams.redis_io import StreamIO, first_pending_after, read_new_of_any
+from s2feature.streams.round_read import RoundCommand, RoundRead, RoundWait
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer
 
@@ -173,3 +173,69 @@ def test_a_reply_lost_to_a_timeout_is_reported_as_lost(
     assert lost
     assert in_use(client) == 0
     assert client.script_exists(read._script.sha) == [True]
+
+
+@pytest.mark.parametrize("protocol", [None, 2], ids=["default", "resp2"])
+def test_waits_give_the_entries_and_checks_of_the_ordinary_calls(
+    redis_server: RedisServer, protocol: int | None
+) -> None:
+    client = redis_server.client(protocol=protocol)
+    groups(client, "wait", "ordinary")
+    for seed, series in enumerate(SERIES[:2]):
+        fill(client, series, 4 + 4 * seed, seed)  # 4 and 8 entries; the third stream has none
+    wait = RoundWait(client, "wait", "c1")
+    keys = [s.stream_key for s in SERIES]
+    while True:
+        got = wait.read(keys, 3, 10)
+        expected = read_new_of_any(client, "ordinary", "c1", keys, 3, 10)
+        assert got == expected
+        assert in_use(client) == 0
+        if not got:
+            break
+    ios = [StreamIO(client, s, "wait", "c1", lease=None) for s in SERIES]  # type: ignore[arg-type]
+    checks = [(ios[0], "0-0"), (ios[1], "0-0"), (ios[2], "0-0"), (ios[1], "99999999999999-0")]
+    firsts = wait.first_pending_after(checks)
+    assert firsts == first_pending_after(client, checks)
+    assert firsts[0] is not None
+    assert firsts[1] is not None
+    assert firsts[2:] == [None, None]
+    assert in_use(client) == 0
+
+
+def test_a_wait_whose_reply_is_lost_leaves_its_entries_to_the_pending_check(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis_server.client()
+    groups(client, "s2")
+    ids = fill(client, SERIES[0], 6, seed=6)
+    wait = RoundWait(client, "s2", "c1")
+    keys = [SERIES[0].stream_key]
+    first = wait.read(keys, 3, 10)
+    assert [entry_id for entry_id, _ in first[keys[0]]] == ids[:3]
+    connection_type: Any = client.connection_pool.connection_class
+    # Entries 1-3 went to the read above; 4-6 are delivered and their reply lost: the ordinary
+    # read that follows finds nothing new, and the check finds the lost ones pending.
+    fails = FailsOnce(connection_type.read_response, redis.TimeoutError("slow"), True)
+    monkeypatch.setattr(connection_type, "read_response", fails.wrapper)
+    assert wait.read(keys, 3, 10) == {}
+    assert fails.failed == 1
+    io = StreamIO(client, SERIES[0], "s2", "c1", lease=None)  # type: ignore[arg-type]
+    assert wait.first_pending_after([(io, ids[2])]) == [ids[3]]
+    assert in_use(client) == 0
+
+
+def test_a_wait_on_a_lost_connection_is_read_through_the_ordinary_call(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis_server.client()
+    groups(client, "s2")
+    ids = fill(client, SERIES[0], 2, seed=7)
+    wait = RoundWait(client, "s2", "c1")
+    keys = [SERIES[0].stream_key]
+    connection_type: Any = client.connection_pool.connection_class
+    fails = FailsOnce(connection_type.send_packed_command, redis.ConnectionError("gone"), False)
+    monkeypatch.setattr(connection_type, "send_packed_command", fails.wrapper)
+    got = wait.read(keys, 3, 10)
+    assert fails.failed == 1
+    assert [entry_id for entry_id, _ in got[keys[0]]] == ids
+    assert in_use(client) == 0

@@ -12,10 +12,10 @@ On a standalone server one round reads every owned stream in one round trip, how
 streams there are, where a read of each stream in turn paid a round trip per stream even when it
 was empty: a script runs one non-blocking `XREADGROUP` over all of them and the `XPENDING` of
 each stream it returned entries of (`round_read.RoundRead`). The idle wait is one blocking
-`XREADGROUP` over all of them, followed by one pipeline of those `XPENDING`s. The round's batches
-are then committed together (`Service._process_round`). A single stream, or a cluster (which
-cannot serve a read across slots), is read stream by stream; there each stream's read is sent
-before the previous stream's batch is processed (`streams/ahead.py`).
+`XREADGROUP` over all of them, followed by one write of those `XPENDING`s (`RoundWait`). The
+round's batches are then committed together (`Service._process_round`). A single stream, or a
+cluster (which cannot serve a read across slots), is read stream by stream; there each stream's
+read is sent before the previous stream's batch is processed (`streams/ahead.py`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ from s2feature.streams.client import AnyRedis, is_retryable
 from s2feature.streams.redis_io import (
     CheckedRead,
     Entry,
-    first_pending_after,
     lost_before,
-    read_new_of_any,
 )
-from s2feature.streams.round_read import RoundRead
+from s2feature.streams.round_read import RoundRead, RoundWait
 
 log = logging.getLogger("s2feature.service")
 
@@ -112,6 +110,7 @@ class Reader:
         self.process = process
         self.process_round = process_round
         self._round_read: RoundRead | None = None  # made on the first round read
+        self._round_wait: RoundWait | None = None  # and on the first idle wait
         self.stop = stop
 
     def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
@@ -176,15 +175,8 @@ class Reader:
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
         keys = [w.io.key for w in owned]
         self._stamp_reads(owned)
-        read = partial(
-            read_new_of_any,
-            client,  # a standalone server's: not a cluster's
-            self.group,
-            self.consumer,
-            keys,
-            round_count(self.batch_size, len(keys)),
-            block_ms,
-        )
+        wait = self._wait_for(client)  # a standalone server's: not a cluster's
+        read = partial(wait.read, keys, round_count(self.batch_size, len(keys)), block_ms)
         batches: dict[str, list[Entry]] = self.backoff.call(
             "read", partial(self._noting_reads, owned, read)
         )
@@ -198,12 +190,18 @@ class Reader:
         if not ready:
             return {}
         checks = [(w.io, applied_id(w)) for w in ready]
-        check = partial(first_pending_after, self.client, checks)
+        client: Any = self.client  # a standalone server's: a round is not read on a cluster
+        check = partial(self._wait_for(client).first_pending_after, checks)
         firsts = self.backoff.call("check pending", check)
         return {
             w.io.key: (batches[w.io.key], lost_before(batches[w.io.key], first))
             for w, first in zip(ready, firsts, strict=True)
         }
+
+    def _wait_for(self, client: redis.Redis) -> RoundWait:
+        if self._round_wait is None:
+            self._round_wait = RoundWait(client, self.group, self.consumer)
+        return self._round_wait
 
     def _read_round_checked(self, owned: list[SeriesWorker]) -> dict[str, CheckedRead]:
         """New entries of the owned streams of a standalone server and their lost-reply

@@ -10,6 +10,11 @@ connection directly. Anything unusual on that path (the script not loaded, a con
 error, a timeout, an error reply) gives the read to the ordinary script call, which loads the
 script and retries as redis-py does: a read whose reply was lost is sent again, and the
 script's pending check then finds what the lost one delivered (`redis_io.lost_before`).
+
+The idle wait (`RoundWait`) goes the same way: one blocking `XREADGROUP` over every stream,
+packed once while the streams stay the same, then the lost-reply `XPENDING` of each stream it
+returned, written together; either falls back to the ordinary call (`redis_io.read_new_of_any`,
+`redis_io.first_pending_after`) on anything unusual.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any, Final
 
 import redis
 
-from s2feature.streams.redis_io import CheckedRead, Entry, lost_before
+from s2feature.streams.redis_io import (
+    CheckedRead,
+    Entry,
+    StreamIO,
+    first_pending_after,
+    lost_before,
+    read_new_of_any,
+)
 
 # KEYS: the streams; ARGV: group, consumer, count, then each stream's last applied entry ID.
 # One non-blocking XREADGROUP over every stream, then, for each stream it returned entries of, the
@@ -85,43 +97,23 @@ class RoundCommand:
         return self._prefix + ids
 
 
-class RoundRead:
-    """The checked non-blocking read of several streams of one standalone server, in one
-    round trip (see the module docstring for the fast path and its fallback)."""
+class Direct:
+    """Commands written to a pooled connection of a standalone server and their replies read,
+    without redis-py's call machinery; on any error the caller makes the ordinary call."""
 
-    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
-        self._script = client.register_script(READ_ROUND)
+    def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
-        self._group, self._consumer = group, consumer
-        self._command = RoundCommand(self._script.sha, group, consumer)
 
-    def __call__(
-        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
-    ) -> dict[str, CheckedRead]:
-        """By stream key, for the streams with new entries only: the entries (at most `count`
-        each), and whether entries delivered by a lost reply precede them."""
-        reply = self._fast(self._command.pack(keys, applied_ids, count))
-        if reply is None:
-            args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
-            reply = self._script(keys=keys, args=args)
-        out: dict[str, CheckedRead] = {}
-        for key, rows, first_pending in reply:
-            entries: list[Entry] = []
-            for entry_id, flat in rows:
-                pairs = iter(flat or ())
-                entries.append((_decode(entry_id), dict(zip(pairs, pairs, strict=False))))
-            first = None if first_pending is None else _decode(first_pending)
-            out[_decode(key)] = (entries, lost_before(entries, first))
-        return out
-
-    def _fast(self, command: bytes) -> Any:
-        """The script's reply through a pooled connection, or None when the ordinary call
-        must do the read (any error; the connection is dropped unless it is still in step)."""
+    def call(self, packed: bytes, replies: int = 1) -> list[Any] | None:
+        """The replies to `packed` (holding `replies` commands), or None on any error (the
+        connection dropped unless a single error reply left it in step)."""
         connection: Any = self._pool.get_connection()
         try:
-            connection.send_packed_command([command])
-            return connection.read_response()
-        except redis.ResponseError:  # a whole reply was read: the connection is in step
+            connection.send_packed_command([packed])
+            return [connection.read_response() for _ in range(replies)]
+        except redis.ResponseError:  # an error reply: in step only if it was the last one
+            if replies > 1:
+                connection.disconnect()
             return None
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             connection.disconnect()
@@ -131,6 +123,93 @@ class RoundRead:
             raise
         finally:
             self._pool.release(connection)
+
+
+class RoundRead:
+    """The checked non-blocking read of several streams of one standalone server, in one
+    round trip (see the module docstring for the fast path and its fallback)."""
+
+    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
+        self._script = client.register_script(READ_ROUND)
+        self._direct = Direct(client)
+        self._group, self._consumer = group, consumer
+        self._command = RoundCommand(self._script.sha, group, consumer)
+
+    def __call__(
+        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
+    ) -> dict[str, CheckedRead]:
+        """By stream key, for the streams with new entries only: the entries (at most `count`
+        each), and whether entries delivered by a lost reply precede them."""
+        replies = self._direct.call(self._command.pack(keys, applied_ids, count))
+        if replies is not None:
+            reply = replies[0]
+        else:
+            args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
+            reply = self._script(keys=keys, args=args)
+        out: dict[str, CheckedRead] = {}
+        for key, rows, first_pending in reply:
+            entries = _entries(rows)
+            first = None if first_pending is None else _decode(first_pending)
+            out[_decode(key)] = (entries, lost_before(entries, first))
+        return out
+
+
+class RoundWait:
+    """The idle wait of a round of streams of one standalone server: a blocking read of new
+    entries of any of them, then the lost-reply check of those it returned."""
+
+    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
+        self._client = client
+        self._direct = Direct(client)
+        self._group, self._consumer = group, consumer
+        self._for: tuple[tuple[str, ...], int, int] | None = None
+        self._read = b""
+
+    def read(self, keys: Sequence[str], count: int, block_ms: int) -> dict[str, list[Entry]]:
+        """`redis_io.read_new_of_any(..., block_ms)`: the new entries (at most `count` each) of
+        the streams that have some, by key, once any has or `block_ms` passed."""
+        scope = (tuple(keys), count, block_ms)
+        if scope != self._for:
+            args = ["XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", str(count)]
+            args += ["BLOCK", str(block_ms), "STREAMS", *keys, *([">"] * len(keys))]
+            self._read = b"*%d\r\n" % len(args) + b"".join(bulk(a.encode()) for a in args)
+            self._for = scope
+        replies = self._direct.call(self._read)
+        if replies is None:
+            client, group, consumer = self._client, self._group, self._consumer
+            return read_new_of_any(client, group, consumer, keys, count, block_ms)
+        reply = replies[0]
+        if not reply:
+            return {}
+        # RESP3: a map by stream; RESP2: a list of [stream, entries].
+        streams = reply.items() if isinstance(reply, dict) else reply
+        return {_decode(key): _entries(rows) for key, rows in streams}
+
+    def first_pending_after(self, checks: Sequence[tuple[StreamIO, str]]) -> list[str | None]:
+        """`redis_io.first_pending_after(client, checks)`: for each (stream, applied ID), the
+        first entry after it this consumer holds pending, all written together."""
+        packed = b"".join(
+            b"*7\r\n"
+            + b"".join(
+                bulk(a.encode())
+                for a in ("XPENDING", io.key, io.group, f"({applied}", "+", "1", io.consumer)
+            )
+            for io, applied in checks
+        )
+        replies = self._direct.call(packed, len(checks))
+        if replies is None:
+            return first_pending_after(self._client, checks)
+        return [_decode(rows[0][0]) if rows else None for rows in replies]
+
+
+def _entries(rows: Any) -> list[Entry]:
+    """A stream's entries of a raw reply, fields as a dict (`{}`: trimmed away while pending,
+    nothing left to process), as the ordinary reads return them."""
+    entries: list[Entry] = []
+    for entry_id, flat in rows:
+        pairs = iter(flat or ())
+        entries.append((_decode(entry_id), dict(zip(pairs, pairs, strict=False))))
+    return entries
 
 
 def _decode(value: bytes | str) -> str:
