@@ -39,11 +39,7 @@ from s2feature.observability.metrics import Metrics
 from s2feature.observability.tracing import SignalTracer, otlp_tracer_provider
 from s2feature.service.config_watch import ActiveBundle, ConfigWatcher
 from s2feature.service.health import HealthLimits
-from s2feature.service.process import (
-    quiet_garbage_collector,
-    short_switch_interval,
-    stop_on_signals,
-)
+from s2feature.service.process import quiet_garbage_collector, stop_on_signals
 from s2feature.service.retry import Abandoned, Backoff
 from s2feature.service.runner import Service
 from s2feature.service.settings import Settings, SettingsError
@@ -148,7 +144,6 @@ def run_service(settings: Settings, idle_exit_s: float | None = None) -> int:
 
             def started() -> None:
                 quiet_garbage_collector()
-                short_switch_interval()
                 scheduler.start()
 
             return service.run(idle_exit_s=idle_exit_s, on_started=started)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import gc
 import signal
-import sys
 import threading
 from typing import Final
 
 # Container allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD: Final = 10_000
-# The longest another thread keeps the interpreter lock from the loop (CPython's default: 5 ms).
-SWITCH_INTERVAL_S: Final = 0.001
 
 
 def quiet_garbage_collector() -> None:
@@ -31,19 +28,6 @@ def quiet_garbage_collector() -> None:
     gc.freeze()
     _, *older = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
-
-
-def short_switch_interval() -> None:
-    """Hand the interpreter lock between threads every millisecond instead of every five.
-
-    Besides the loop, the process runs the lake writer (building each checkpoint's part and
-    compacting partitions), the HTTP API, the config watcher and the scheduler. When the loop's
-    read returns while one of them runs Python code, the loop waits for the lock until that
-    thread gives it up, up to the switch interval: at CPython's 5 ms, a whole latency budget.
-    A 10-minute soak (`benches/venue_soak.py`, 100 symbols, 1,000 entries/s) gave an
-    end-to-end p95 of 12.5 ms at 1 ms, against 15.0 to 21.9 ms in four runs at 5 ms.
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def stop_on_signals(stop: threading.Event) -> None:
