@@ -23,7 +23,7 @@ from s2feature.store.sqlite import SqliteStore
 from s2feature.streams.ahead import PublishAhead, PublishRound, ReadAhead
 from s2feature.streams.keys import events_key, last_key
 from s2feature.streams.redis_io import StreamIO
-from s2feature.streams.round_read import RoundRead, RoundWait
+from s2feature.streams.round_read import RoundRead, RoundReply
 from tests.support import service_checks as checks
 from tests.support.redis_servers import RedisServer, wait_for
 
@@ -152,58 +152,77 @@ def test_a_service_whose_reads_ahead_lose_replies_processes_every_entry_once(
     assert LosesEveryThirdReply.lost_entries > 0  # the fault really swallowed entries
 
 
-class ResendsEveryThirdRoundWait(RoundWait):
-    """`RoundWait` (the idle wait's blocking read) whose reply is lost every third time and the
-    read silently sent again, as redis-py does after a socket timeout: the first read's entries
-    are delivered to the consumer but never seen, the second returns the entries after them."""
+class ResendsEveryThirdRoundRead(RoundRead):
+    """`RoundRead` (a round's read, blocking or not) whose reply is lost every third time and
+    the read silently sent again, as redis-py does after a socket timeout: the first read's
+    entries are delivered to the consumer but never seen, the second returns the entries after
+    them, and its reply is not whole (only the ordinary call sends a read twice)."""
 
     reads = 0
     lost_entries = 0
     losing = True
 
-    def read(self, keys: Any, count: int, block_ms: int) -> dict[str, list[Any]]:
-        batches = super().read(keys, count, block_ms)
+    def read(self, keys: Any, count: int, block_ms: int | None) -> RoundReply:
+        got = super().read(keys, count, block_ms)
         type(self).reads += 1
-        if type(self).losing and type(self).reads % 3 == 0 and batches:
-            type(self).lost_entries += sum(len(entries) for entries in batches.values())
-            batches = super().read(keys, count, block_ms)
-        return batches
+        if type(self).losing and type(self).reads % 3 == 0 and got.batches:
+            type(self).lost_entries += sum(len(entries) for entries in got.batches.values())
+            return RoundReply(super().read(keys, count, block_ms).batches, whole=False)
+        return got
 
 
-class ResendsEveryThirdCheckedRoundRead(RoundRead):
-    """`RoundRead` (the checked round read) whose reply is lost every third time and the
-    script silently sent again."""
+class CountsChecks(RoundRead):
+    """`RoundRead` counting the streams it checks for entries of lost replies."""
 
-    reads = 0
-    lost_entries = 0
+    checked = 0
 
-    def __call__(self, keys: Any, applied_ids: Any, count: int) -> dict[str, Any]:
-        batches = super().__call__(keys, applied_ids, count)
-        type(self).reads += 1
-        if type(self).reads % 3 == 0 and batches:
-            type(self).lost_entries += sum(len(entries) for entries, _ in batches.values())
-            batches = super().__call__(keys, applied_ids, count)
-        return batches
+    def first_pending_after(self, checks: Any) -> list[str | None]:
+        type(self).checked += len(checks)
+        return super().first_pending_after(checks)
+
+
+class ResendsAndCounts(ResendsEveryThirdRoundRead, CountsChecks):
+    pass
+
+
+@pytest.mark.parametrize("reader", [CountsChecks, ResendsAndCounts], ids=["whole", "resent"])
+def test_only_streams_of_a_reply_that_was_not_whole_are_checked(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reader: type[CountsChecks],
+) -> None:
+    monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
+    monkeypatch.setattr(reads, "RoundRead", reader)
+    for counter in ("checked", "reads", "lost_entries"):
+        monkeypatch.setattr(reader, counter, 0, raising=False)
+    other = SeriesId("binance", "fut", "ETHUSDT")
+    run_over_streams(redis_server, tmp_path, (SERIES, other), n_bars=300)
+    if reader is CountsChecks:
+        assert reader.checked == 0  # every reply came whole: nothing to check
+    else:
+        assert getattr(reader, "lost_entries") > 0  # noqa: B009 - set on the subclass by `read`
+        assert reader.checked > 0
 
 
 def test_a_service_whose_round_reads_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
-    monkeypatch.setattr(reads, "RoundWait", ResendsEveryThirdRoundWait)  # the idle wait's read
-    monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdCheckedRoundRead)
+    monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdRoundRead)
+    ResendsEveryThirdRoundRead.reads = ResendsEveryThirdRoundRead.lost_entries = 0
     other = SeriesId("binance", "fut", "ETHUSDT")
     run_over_streams(redis_server, tmp_path, (SERIES, other))
-    assert ResendsEveryThirdCheckedRoundRead.lost_entries > 0  # the fault swallowed entries
+    assert ResendsEveryThirdRoundRead.lost_entries > 0  # the fault swallowed entries
 
 
 def test_a_service_whose_idle_waits_lose_replies_processes_every_entry_once(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reads, "ROUND_MIN_STREAMS", 2)  # two streams make a round
-    monkeypatch.setattr(reads, "RoundWait", ResendsEveryThirdRoundWait)
-    ResendsEveryThirdRoundWait.reads = ResendsEveryThirdRoundWait.lost_entries = 0
-    monkeypatch.setattr(ResendsEveryThirdRoundWait, "losing", True)
+    monkeypatch.setattr(reads, "RoundRead", ResendsEveryThirdRoundRead)
+    ResendsEveryThirdRoundRead.reads = ResendsEveryThirdRoundRead.lost_entries = 0
+    monkeypatch.setattr(ResendsEveryThirdRoundRead, "losing", True)
     client = redis_server.client()
     series_list = (SERIES, SeriesId("binance", "fut", "ETHUSDT"))
     inputs = {}
@@ -221,7 +240,7 @@ def test_a_service_whose_idle_waits_lose_replies_processes_every_entry_once(
             if start == 440:
                 # Entries a lost reply delivered are found by the next read that returns new
                 # entries of their stream: the last ones come after the faults stop.
-                ResendsEveryThirdRoundWait.losing = False
+                ResendsEveryThirdRoundRead.losing = False
             for series, (_, entries) in inputs.items():
                 checks.add_entries(client, series, entries[start : start + 5])
             time.sleep(0.01)
@@ -238,7 +257,7 @@ def test_a_service_whose_idle_waits_lose_replies_processes_every_entry_once(
         service.stop.set()
         runner.join(timeout=60)
         store.close()
-    assert ResendsEveryThirdRoundWait.lost_entries > 0  # the fault swallowed entries
+    assert ResendsEveryThirdRoundRead.lost_entries > 0  # the fault swallowed entries
     for series, (bars, entries) in inputs.items():
         checks.assert_run_complete(client, series, env, bars, entries)
 

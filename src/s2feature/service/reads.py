@@ -4,18 +4,21 @@ A read of new entries (`>`) whose reply is lost still delivered its entries to t
 socket timeout while a node stalls or fails over, and redis-py (standalone and cluster) then
 silently re-sends the read, which returns the *next* entries. Left alone, the lost ones would sit
 pending, and after a restart they would lie below the checkpoint and be acked without ever being
-applied. So every read of new entries is followed by one `XPENDING` for this consumer between the
-last applied entry and the batch (pipelined with the read, so in the same round trip, when it does
-not block); anything there is processed first, in stream order.
+applied. So a read of new entries that may have lost a reply is followed by one `XPENDING` for
+this consumer between the last applied entry and the batch (pipelined with the read, so in the
+same round trip, when it does not block); anything there is processed first, in stream order.
 
 On a standalone server one round reads every owned stream in one round trip, however many
 streams there are, where a read of each stream in turn paid a round trip per stream even when it
-was empty: a script runs one non-blocking `XREADGROUP` over all of them and the `XPENDING` of
-each stream it returned entries of (`round_read.RoundRead`). The idle wait is one blocking
-`XREADGROUP` over all of them, followed by one write of those `XPENDING`s (`RoundWait`). The
-round's batches are then committed together (`Service._process_round`). A single stream, or a
-cluster (which cannot serve a read across slots), is read stream by stream; there each stream's
-read is sent before the previous stream's batch is processed (`streams/ahead.py`).
+was empty: one `XREADGROUP` over all of them (`round_read.RoundRead`). With a block time (the
+running service) the round read is the wait itself: it returns at once when any stream has new
+entries, so the loop spends one round trip per round. A read whose reply came whole from the
+command the service wrote lost nothing; only when it did not (an error, a timeout, or redis-py's
+own call, which may send it twice) are the streams marked unchecked, and the next batch of each
+of them is checked with an `XPENDING` (written together for the round). The round's batches are
+then committed together (`Service._process_round`). A single stream, or a cluster (which cannot
+serve a read across slots), is read stream by stream; there each stream's read is sent before the
+previous stream's batch is processed (`streams/ahead.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -40,7 +43,7 @@ from s2feature.streams.redis_io import (
     Entry,
     lost_before,
 )
-from s2feature.streams.round_read import RoundRead, RoundWait
+from s2feature.streams.round_read import RoundRead, RoundReply
 
 log = logging.getLogger("s2feature.service")
 
@@ -109,8 +112,13 @@ class Reader:
         self.ownership = ownership
         self.process = process
         self.process_round = process_round
-        self._round_read: RoundRead | None = None  # made on the first round read
-        self._round_wait: RoundWait | None = None  # and on the first idle wait
+        # A standalone server's streams are read in rounds (not a cluster's).
+        self._round = (
+            RoundRead(client, group, consumer) if isinstance(client, redis.Redis) else None
+        )
+        # Streams a round read may have delivered entries to without our seeing them (a lost
+        # reply), whose next batch has not been checked for them yet (see `_checked`).
+        self._unchecked: set[str] = set()
         self.stop = stop
 
     def drain_pending(self, worker: SeriesWorker, after_id: str = "0") -> int:
@@ -138,12 +146,12 @@ class Reader:
         return handled
 
     def consume_all(self, owned: list[SeriesWorker]) -> int:
-        """One batch of new entries of every owned stream: one checked round read on a
-        standalone server with `ROUND_MIN_STREAMS` or more (`_read_round_checked`), else in
-        turn, each stream's read sent before the previous stream's batch is processed, so Redis
-        prepares it meanwhile."""
-        if len(owned) >= ROUND_MIN_STREAMS and sends_ahead(self.client):
-            return self._apply_round(owned, self._read_round_checked(owned))
+        """One batch of new entries of every owned stream, without blocking: one round read on
+        a standalone server with `ROUND_MIN_STREAMS` or more (`_read_round`), else in turn, each
+        stream's read sent before the previous stream's batch is processed, so Redis prepares it
+        meanwhile."""
+        if self._round is not None and self.reads_in_rounds(owned):
+            return self._read_round(self._round, owned, None)
         handled = 0
         ahead = self._read_ahead(owned[0]) if owned else None
         try:
@@ -152,70 +160,77 @@ class Reader:
                 ahead = self._read_ahead(owned[index + 1]) if index + 1 < len(owned) else None
                 if worker.io.key not in self.ownership.owned:  # lost while serving another
                     if current is not None:
-                        current.discard()
+                        self._discard(worker, current)
                     continue
                 step = partial(self._consume_new, worker, current)
                 handled += self.ownership.guarded(worker, step)
         finally:
-            if ahead is not None:
-                ahead.discard()  # only when leaving early: its entries stay pending for us
+            if ahead is not None:  # only when leaving early
+                ahead.discard()
+                self._unchecked.update(w.io.key for w in owned)
         return handled
 
+    def _discard(self, worker: SeriesWorker, ahead: ReadAhead) -> None:
+        """Drop a read sent ahead unseen: its entries stay pending for us, as a lost reply's
+        do, so the stream's next batch is checked for them."""
+        ahead.discard()
+        self._unchecked.add(worker.io.key)
+
+    def reads_in_rounds(self, owned: list[SeriesWorker]) -> bool:
+        """Whether `owned` is read in rounds (a standalone server, `ROUND_MIN_STREAMS` or more
+        streams): then `wait_for_any` reads them all in one round trip, at once when any has
+        new entries, and a non-blocking read before it would only cost another."""
+        return len(owned) >= ROUND_MIN_STREAMS and self._round is not None
+
     def wait_for_any(self, owned: list[SeriesWorker], block_ms: int) -> int:
-        """Nothing anywhere: block until some owned stream has new entries, and process them.
+        """Block until some owned stream has new entries (or `block_ms` passed), and process
+        them.
 
         On a standalone server one `XREADGROUP` covers every stream, so an entry of any stream
-        wakes the service at once; one pipeline of `XPENDING`s then checks the streams it
-        returned for lost replies. A cluster cannot serve a read across slots: there the wait
-        is on the first stream only, kept short when there are others (`idle_block_ms`).
+        wakes the service at once; the streams it returned that may hold entries of a lost
+        reply are then checked with one write of `XPENDING`s (`_checked`). A cluster cannot
+        serve a read across slots: there the wait is on the first stream only, kept short when
+        there are others (`idle_block_ms`).
         """
-        client = self.client
-        if isinstance(client, RedisCluster) or len(owned) == 1:
-            wait_ms = idle_block_ms(block_ms, len(owned), isinstance(client, RedisCluster))
+        if self._round is None or len(owned) == 1:
+            cluster = isinstance(self.client, RedisCluster)
+            wait_ms = idle_block_ms(block_ms, len(owned), cluster)
             return self.ownership.guarded(owned[0], partial(self._wait_on, owned[0], wait_ms))
+        return self._read_round(self._round, owned, block_ms)
+
+    def _read_round(
+        self, round_read: RoundRead, owned: list[SeriesWorker], block_ms: int | None
+    ) -> int:
+        """Read new entries of every stream of `owned` in one round trip (waiting up to
+        `block_ms` for some, None: not at all), check those that need it for entries of a
+        lost reply, and process them; returns how many were read."""
         keys = [w.io.key for w in owned]
         self._stamp_reads(owned)
-        wait = self._wait_for(client)  # a standalone server's: not a cluster's
-        read = partial(wait.read, keys, round_count(self.batch_size, len(keys)), block_ms)
-        batches: dict[str, list[Entry]] = self.backoff.call(
-            "read", partial(self._noting_reads, owned, read)
-        )
-        return self._apply_round(owned, self._checked(owned, batches))
+        read = partial(round_read.read, keys, round_count(self.batch_size, len(keys)), block_ms)
+        got: RoundReply = self.backoff.call("read", partial(self._noting_reads, owned, read))
+        if not got.whole:
+            self._unchecked.update(keys)
+        return self._apply_round(owned, self._checked(round_read, owned, got.batches))
 
     def _checked(
-        self, owned: list[SeriesWorker], batches: dict[str, list[Entry]]
+        self, round_read: RoundRead, owned: list[SeriesWorker], batches: dict[str, list[Entry]]
     ) -> dict[str, CheckedRead]:
-        """The lost-reply verdicts of a round read's batches: one pipeline of `XPENDING`s."""
+        """The lost-reply verdicts of a round's batches. A stream not marked unchecked lost
+        nothing: each read of it since its last check came whole. The others are checked with
+        one write of `XPENDING`s, and are checked no more once their verdict is in: entries a
+        lost reply delivered are found with the stream's next batch (or at a restart)."""
         ready = [w for w in owned if batches.get(w.io.key)]
-        if not ready:
-            return {}
-        checks = [(w.io, applied_id(w)) for w in ready]
-        client: Any = self.client  # a standalone server's: a round is not read on a cluster
-        check = partial(self._wait_for(client).first_pending_after, checks)
-        firsts = self.backoff.call("check pending", check)
-        return {
-            w.io.key: (batches[w.io.key], lost_before(batches[w.io.key], first))
-            for w, first in zip(ready, firsts, strict=True)
-        }
-
-    def _wait_for(self, client: redis.Redis) -> RoundWait:
-        if self._round_wait is None:
-            self._round_wait = RoundWait(client, self.group, self.consumer)
-        return self._round_wait
-
-    def _read_round_checked(self, owned: list[SeriesWorker]) -> dict[str, CheckedRead]:
-        """New entries of the owned streams of a standalone server and their lost-reply
-        verdicts, by stream key (only streams with some), without blocking: one round trip."""
-        if self._round_read is None:
-            client: Any = self.client
-            self._round_read = RoundRead(client, self.group, self.consumer)
-        keys = [w.io.key for w in owned]
-        applied = [applied_id(w) for w in owned]
-        count = round_count(self.batch_size, len(keys))
-        self._stamp_reads(owned)
-        read = partial(self._noting_reads, owned, partial(self._round_read, keys, applied, count))
-        batches: dict[str, CheckedRead] = self.backoff.call("read", read)
-        return batches
+        verdicts: dict[str, CheckedRead] = {w.io.key: (batches[w.io.key], False) for w in ready}
+        to_check = [w for w in ready if w.io.key in self._unchecked]
+        if not to_check:
+            return verdicts
+        checks = [(w.io, applied_id(w)) for w in to_check]
+        firsts = self.backoff.call("check pending", partial(round_read.first_pending_after, checks))
+        for worker, first in zip(to_check, firsts, strict=True):
+            entries = batches[worker.io.key]
+            verdicts[worker.io.key] = (entries, lost_before(entries, first))
+            self._unchecked.discard(worker.io.key)
+        return verdicts
 
     @staticmethod
     def _stamp_reads(owned: list[SeriesWorker]) -> None:
@@ -223,14 +238,16 @@ class Reader:
         for worker in owned:
             worker.read_started = started
 
-    @staticmethod
-    def _noting_reads(owned: list[SeriesWorker], read: Callable[[], T]) -> T:
-        """Run a read of several streams, noting its outcome on each (health reporting)."""
+    def _noting_reads(self, owned: list[SeriesWorker], read: Callable[[], T]) -> T:
+        """Run a read of several streams, noting its outcome on each (health reporting). A
+        failed read may have delivered entries whose reply was lost: its streams are marked
+        unchecked."""
         try:
             result = read()
         except Exception as exc:
             for worker in owned:
                 worker.io.read_failed(exc)
+                self._unchecked.add(worker.io.key)
             raise
         for worker in owned:
             if worker.io.read_failure is not None:

@@ -256,11 +256,14 @@ class Service:
         handled."""
         self.ownership.keep()
         readable = self._fx_readable(self.ownership.owned_workers())
-        handled = self.reader.consume_all(readable)
+        # Streams read in rounds are read by the wait below: it returns at once when any has
+        # new entries, so a non-blocking read before it would cost a round trip per round.
+        waits = bool(block_ms) and self.reader.reads_in_rounds(readable)
+        handled = 0 if waits else self.reader.consume_all(readable)
         handled += self._fx_release()
         self.finish_flushes()
         if handled == 0:
-            # A steady input goes idle between batches: only checkpoint when one is due.
+            # Before a wait: checkpoint the streams due (a round's own are flushed with it).
             self.flush_all(force=False)
         if handled == 0 and block_ms:
             owned = self.ownership.owned_workers()

@@ -1,70 +1,33 @@
-"""The checked read of a round of streams of one standalone server, in one round trip.
+"""The read of a round of streams of one standalone server, in one round trip.
 
 A service that owns a venue's streams reads them all once per round of its loop, most of them
 with nothing new: the read is on the path of every entry, and at a hundred streams its cost
 was mostly the client's (packing some two hundred arguments and redis-py's call machinery:
-about 0.22 ms of CPU of a 0.4 ms round trip, against 0.16 ms for a `PING`). So the command is
-packed from a prefix kept while the streams and the count stay the same (the script's SHA,
-the keys, group, consumer, count) and the streams' applied IDs, and written to a pooled
-connection directly. Anything unusual on that path (the script not loaded, a connection
-error, a timeout, an error reply) gives the read to the ordinary script call, which loads the
-script and retries as redis-py does: a read whose reply was lost is sent again, and the
-script's pending check then finds what the lost one delivered (`redis_io.lost_before`).
+about 0.22 ms of CPU of a 0.4 ms round trip, against 0.16 ms for a `PING`). So the round's
+`XREADGROUP` over every stream (blocking or not) is packed once while the streams, the count
+and the block time stay the same, and written to a pooled connection directly. Anything
+unusual on that path (a connection error, a timeout, an error reply) gives the read to the
+ordinary call (`redis_io.read_new_of_any`), and the lost-reply `XPENDING`s go the same way
+(`redis_io.first_pending_after`).
 
-The idle wait (`RoundWait`) goes the same way: one blocking `XREADGROUP` over every stream,
-packed once while the streams stay the same, then the lost-reply `XPENDING` of each stream it
-returned, written together; either falls back to the ordinary call (`redis_io.read_new_of_any`,
-`redis_io.first_pending_after`) on anything unusual.
+A read tells whether its reply came whole from the one command it wrote (`RoundReply.whole`):
+then it lost nothing. Only a read that may have lost a reply (an error, a timeout, or the
+ordinary call, which redis-py may send twice) needs the pending check (`service/reads.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, NamedTuple
 
 import redis
 
 from s2feature.streams.redis_io import (
-    CheckedRead,
     Entry,
     StreamIO,
     first_pending_after,
-    lost_before,
     read_new_of_any,
 )
-
-# KEYS: the streams; ARGV: group, consumer, count, then each stream's last applied entry ID.
-# One non-blocking XREADGROUP over every stream, then, for each stream it returned entries of, the
-# first entry after the applied one this consumer holds pending (`lost_before`): the checked
-# read of `StreamIO.read_new_checked` for a round of streams, in one round trip. Returns
-# {key, entries, first pending ID or false} for the streams with new entries only.
-READ_ROUND: Final = """
-local group, consumer = ARGV[1], ARGV[2]
-local read = {'XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3], 'STREAMS'}
-local applied = {}
-for i = 1, #KEYS do
-  read[#read + 1] = KEYS[i]
-  applied[KEYS[i]] = ARGV[3 + i]
-end
-for i = 1, #KEYS do
-  read[#read + 1] = '>'
-end
-local reply = redis.call(unpack(read))
-local out = {}
-if not reply then
-  return out
-end
-for _, stream in ipairs(reply) do
-  local key = stream[1]
-  local pending = redis.call('XPENDING', key, group, '(' .. applied[key], '+', 1, consumer)
-  local first = false
-  if pending[1] then
-    first = pending[1][1]
-  end
-  out[#out + 1] = {key, stream[2], first}
-end
-return out
-"""
 
 
 def bulk(value: bytes) -> bytes:
@@ -72,29 +35,9 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-class RoundCommand:
-    """The `EVALSHA` of `READ_ROUND` in the Redis protocol, as redis-py would pack it (a test
-    compares the two byte for byte). The part before the applied IDs is packed once per set
-    of streams and count."""
-
-    def __init__(self, sha: str, group: str, consumer: str) -> None:
-        self._sha, self._group, self._consumer = sha, group, consumer
-        self._for: tuple[tuple[str, ...], int] | None = None
-        self._prefix = b""
-
-    def pack(self, keys: Sequence[str], applied_ids: Sequence[str], count: int) -> bytes:
-        if len(applied_ids) != len(keys):
-            raise ValueError("one applied ID per stream")
-        scope = (tuple(keys), count)
-        if scope != self._for:
-            head = ["EVALSHA", self._sha, str(len(keys)), *keys]
-            head += [self._group, self._consumer, str(count)]
-            count_of_args = len(head) + len(applied_ids)
-            self._prefix = b"*%d\r\n" % count_of_args + b"".join(bulk(a.encode()) for a in head)
-            self._for = scope
-        # Entry IDs are ASCII digits and "-", so a character is a byte.
-        ids = "".join([f"${len(i)}\r\n{i}\r\n" for i in applied_ids]).encode("ascii")
-        return self._prefix + ids
+def packed(*args: str) -> bytes:
+    """A command in the Redis protocol, as redis-py packs it (a test compares the two)."""
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a.encode()) for a in args)
 
 
 class Direct:
@@ -125,78 +68,59 @@ class Direct:
             self._pool.release(connection)
 
 
+class RoundReply(NamedTuple):
+    """What a round read: the new entries by stream key (only streams with some), and whether
+    the reply came whole from the one command written (`whole`): no entry it delivered went
+    unseen. Not whole: the read went through the ordinary call, which may have sent it twice
+    and lost the first reply, so entries delivered to this consumer may precede these."""
+
+    batches: dict[str, list[Entry]]
+    whole: bool
+
+
 class RoundRead:
-    """The checked non-blocking read of several streams of one standalone server, in one
-    round trip (see the module docstring for the fast path and its fallback)."""
-
-    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
-        self._script = client.register_script(READ_ROUND)
-        self._direct = Direct(client)
-        self._group, self._consumer = group, consumer
-        self._command = RoundCommand(self._script.sha, group, consumer)
-
-    def __call__(
-        self, keys: Sequence[str], applied_ids: Sequence[str], count: int
-    ) -> dict[str, CheckedRead]:
-        """By stream key, for the streams with new entries only: the entries (at most `count`
-        each), and whether entries delivered by a lost reply precede them."""
-        replies = self._direct.call(self._command.pack(keys, applied_ids, count))
-        if replies is not None:
-            reply = replies[0]
-        else:
-            args: list[str | int] = [self._group, self._consumer, count, *applied_ids]
-            reply = self._script(keys=keys, args=args)
-        out: dict[str, CheckedRead] = {}
-        for key, rows, first_pending in reply:
-            entries = _entries(rows)
-            first = None if first_pending is None else _decode(first_pending)
-            out[_decode(key)] = (entries, lost_before(entries, first))
-        return out
-
-
-class RoundWait:
-    """The idle wait of a round of streams of one standalone server: a blocking read of new
-    entries of any of them, then the lost-reply check of those it returned."""
+    """The read of a round of streams of one standalone server: one `XREADGROUP` of new
+    entries of all of them (blocking until any has some, or not), and the lost-reply check
+    of those that need one."""
 
     def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
         self._client = client
         self._direct = Direct(client)
         self._group, self._consumer = group, consumer
-        self._for: tuple[tuple[str, ...], int, int] | None = None
+        self._for: tuple[tuple[str, ...], int, int | None] | None = None
         self._read = b""
 
-    def read(self, keys: Sequence[str], count: int, block_ms: int) -> dict[str, list[Entry]]:
-        """`redis_io.read_new_of_any(..., block_ms)`: the new entries (at most `count` each) of
-        the streams that have some, by key, once any has or `block_ms` passed."""
+    def read(self, keys: Sequence[str], count: int, block_ms: int | None) -> RoundReply:
+        """`redis_io.read_new_of_any(...)`: the new entries (at most `count` each) of the
+        streams that have some, by key: at once when some have, else once any has or
+        `block_ms` passed (None: at once)."""
         scope = (tuple(keys), count, block_ms)
         if scope != self._for:
             args = ["XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", str(count)]
-            args += ["BLOCK", str(block_ms), "STREAMS", *keys, *([">"] * len(keys))]
-            self._read = b"*%d\r\n" % len(args) + b"".join(bulk(a.encode()) for a in args)
+            if block_ms is not None:
+                args += ["BLOCK", str(block_ms)]
+            self._read = packed(*args, "STREAMS", *keys, *([">"] * len(keys)))
             self._for = scope
         replies = self._direct.call(self._read)
         if replies is None:
             client, group, consumer = self._client, self._group, self._consumer
-            return read_new_of_any(client, group, consumer, keys, count, block_ms)
+            batches = read_new_of_any(client, group, consumer, keys, count, block_ms)
+            return RoundReply(batches, whole=False)
         reply = replies[0]
         if not reply:
-            return {}
+            return RoundReply({}, whole=True)
         # RESP3: a map by stream; RESP2: a list of [stream, entries].
         streams = reply.items() if isinstance(reply, dict) else reply
-        return {_decode(key): _entries(rows) for key, rows in streams}
+        return RoundReply({_decode(key): _entries(rows) for key, rows in streams}, whole=True)
 
     def first_pending_after(self, checks: Sequence[tuple[StreamIO, str]]) -> list[str | None]:
         """`redis_io.first_pending_after(client, checks)`: for each (stream, applied ID), the
         first entry after it this consumer holds pending, all written together."""
-        packed = b"".join(
-            b"*7\r\n"
-            + b"".join(
-                bulk(a.encode())
-                for a in ("XPENDING", io.key, io.group, f"({applied}", "+", "1", io.consumer)
-            )
+        commands = b"".join(
+            packed("XPENDING", io.key, io.group, f"({applied}", "+", "1", io.consumer)
             for io, applied in checks
         )
-        replies = self._direct.call(packed, len(checks))
+        replies = self._direct.call(commands, len(checks))
         if replies is None:
             return first_pending_after(self._client, checks)
         return [_decode(rows[0][0]) if rows else None for rows in replies]
